@@ -1,6 +1,63 @@
 """Cohorts: the on-disk format and the sources that build it (synthetic, folder, tcga)."""
 
-from .format import FORMAT_VERSION, Cohort, CohortWriter, load_cohort
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+
+from ..errors import UserError
+from .format import FORMAT_VERSION, Cohort, CohortWriter, is_cohort, load_cohort
 from .split import split_patients
 
-__all__ = ["FORMAT_VERSION", "Cohort", "CohortWriter", "load_cohort", "split_patients"]
+SOURCES = ("synthetic", "folder")
+
+__all__ = [
+    "FORMAT_VERSION",
+    "SOURCES",
+    "Cohort",
+    "CohortWriter",
+    "build_cohort",
+    "describe",
+    "is_cohort",
+    "load_cohort",
+    "split_patients",
+]
+
+
+def _builder(source: str):
+    if source == "synthetic":
+        from .synthetic import build_synthetic
+
+        return build_synthetic
+    if source == "folder":
+        from .folder import build_folder
+
+        return build_folder
+    raise UserError(f"unknown cohort source {source!r}; expected one of {', '.join(SOURCES)}")
+
+
+def build_cohort(source: str, out: str | Path, **params) -> Cohort:
+    """Build a cohort from `source` into `out` and load it.
+
+    `params` may hold the parameters of every source (a chapter's parameters cell does); each
+    builder takes the ones it knows.
+    """
+    builder = _builder(source)
+    accepted = inspect.signature(builder).parameters
+    return load_cohort(builder(out=Path(out), **{k: v for k, v in params.items() if k in accepted}))
+
+
+def describe(cohort: Cohort) -> str:
+    """A few lines that say what a cohort holds."""
+    m = cohort.manifest
+    splits = cohort.splits["split"].value_counts().reindex(["train", "val", "test"], fill_value=0)
+    tiles = cohort.tiles_table["patient_id"].map(dict(zip(cohort.splits.patient_id, cohort.splits.split)))
+    per_split = tiles.value_counts().reindex(["train", "val", "test"], fill_value=0)
+    lines = [
+        f"cohort {cohort.root.name} (source {m['source']}, format v{m['format_version']})",
+        f"  patients {m['counts']['patients']}, tiles {m['counts']['tiles']}, "
+        f"genes {m['counts']['genes']}, tiles {cohort.image_size}x{cohort.image_size} px"
+        + (f" at {m['mpp']:.2f} um/px" if m.get("mpp") else ""),
+        "  split    " + ", ".join(f"{s} {splits[s]} patients / {per_split[s]} tiles" for s in splits.index),
+    ]
+    return "\n".join(lines)

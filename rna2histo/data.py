@@ -1,0 +1,107 @@
+"""From a cohort on disk to training batches: the Dataset, the augmentations and the loader.
+
+A sample is ``(x, c, p)``: the tile `x` as float (3, S, S) in [-1, 1], the normalised RNA
+profile `c` (G,) of its patient, and `p`, the patient's position in ``cohort.patients()``.
+Tiles stay uint8 in the memory-mapped ``tiles.npy`` and are converted one at a time, so a
+20,000-tile cohort never exists as floats in memory.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+from torchvision.transforms import v2
+
+from .cohort import Cohort
+from .rna import Normaliser
+
+
+class RandomRot90(torch.nn.Module):
+    """Rotate by a random multiple of 90 degrees with probability `p` (tissue has no 'up')."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = p
+
+    def forward(self, img: torch.Tensor) -> torch.Tensor:
+        if torch.rand(()) >= self.p:
+            return img
+        k = int(torch.randint(1, 4, ()))
+        return torch.rot90(img, k, dims=(-2, -1))
+
+
+def augmentations(image_size: int) -> v2.Compose:
+    """The reference study's training augmentations, on uint8 (3, S, S) tensors.
+
+    Translation by +/-10% is a random crop of a reflect-padded tile rather than an affine shift:
+    the same displacement, without the artificial black borders that an H&E tile never has.
+    """
+    pad = max(1, round(0.1 * image_size))
+    return v2.Compose(
+        [
+            v2.RandomHorizontalFlip(p=0.5),
+            v2.RandomVerticalFlip(p=0.5),
+            RandomRot90(p=0.5),
+            v2.RandomCrop(image_size, padding=pad, padding_mode="reflect"),
+            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
+        ]
+    )
+
+
+def to_model_range(tiles: torch.Tensor) -> torch.Tensor:
+    """uint8 (..., 3, S, S) in [0, 255] -> float in [-1, 1]: (x / 255 - 0.5) / 0.5."""
+    return tiles.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Model output (B, 3, S, S) in [-1, 1] -> uint8 images (B, S, S, 3) for display and metrics."""
+    x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
+
+
+class TileDataset(Dataset):
+    """Tiles of one split with their patients' normalised RNA; augmented on `train` by default."""
+
+    def __init__(self, cohort: Cohort, split: str | None, normaliser: Normaliser, augment=None):
+        self.tiles_path = cohort.root / "tiles.npy"
+        self.indices = cohort.tile_indices(split)
+        patients = cohort.patients()
+        z, self.alignment = normaliser.transform(cohort.rna)
+        self.c = torch.tensor(z.to_numpy())  # (P, G) for every cohort patient
+        position = {p: i for i, p in enumerate(patients)}
+        ids = cohort.tiles_table["patient_id"].to_numpy()[self.indices]
+        self.patient = torch.tensor([position[p] for p in ids], dtype=torch.long)
+        augment = (split == "train") if augment is None else augment
+        self.transform = augmentations(cohort.image_size) if augment else None
+        self._tiles = None  # opened lazily: each loader worker maps the file itself
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        if self._tiles is None:
+            self._tiles = np.load(self.tiles_path, mmap_mode="r")
+        tile = torch.from_numpy(np.array(self._tiles[self.indices[i]])).permute(2, 0, 1)
+        if self.transform is not None:
+            tile = self.transform(tile)
+        p = self.patient[i]
+        return to_model_range(tile), self.c[p], p
+
+    def __getstate__(self):
+        # Never pickle a memory map into worker processes (pickling copies its data).
+        return {**self.__dict__, "_tiles": None}
+
+
+def make_loader(dataset: TileDataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0, **kw):
+    """A DataLoader whose shuffling order depends on `seed` alone."""
+    generator = torch.Generator().manual_seed(seed)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        num_workers=workers,
+        generator=generator,
+        persistent_workers=workers > 0,
+        **kw,
+    )
