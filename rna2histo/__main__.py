@@ -78,10 +78,23 @@ def _run_info(args) -> None:
     print(describe(load_cohort(resolve(args.dir))))
 
 
+def _book_command(sub) -> None:
+    book = sub.add_parser("book", help="run every chapter with a profile and build the HTML book")
+    book.add_argument("--profile", default="demo", help="folder under params/ (default: demo)")
+    book.set_defaults(run=_run_book)
+
+
+def _run_book(args) -> None:
+    from .book import build
+
+    build(args.profile)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
     _cohort_commands(sub)
+    _book_command(sub)
     return top
 
 

@@ -127,3 +127,13 @@ class Normaliser:
 def fit_on_training(cohort) -> Normaliser:
     """The cohort's normaliser: fitted on its training split only."""
     return Normaliser.fit(cohort.rna.loc[cohort.patients("train")])
+
+
+def program_scores(z: pd.DataFrame, markers: dict[str, list[str]]) -> pd.DataFrame:
+    """Per-patient program score: the mean z-score of the program's marker genes present in `z`."""
+    scores = {}
+    for program, genes in markers.items():
+        present = [g for g in genes if g in z.columns]
+        if present:
+            scores[program] = z[present].mean(axis=1)
+    return pd.DataFrame(scores, index=z.index)

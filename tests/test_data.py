@@ -18,7 +18,7 @@ def test_items_are_scaled_and_paired(tiny_cohort):
     patient = tiny_cohort.tiles_table.patient_id.iloc[row]
     assert tiny_cohort.patients()[int(p)] == patient
     z, _ = norm.transform(tiny_cohort.rna.loc[[patient]])
-    assert torch.allclose(c, torch.from_numpy(z.to_numpy()[0]))
+    assert torch.allclose(c, torch.tensor(z.to_numpy()[0]))
 
 
 def test_training_split_is_augmented_and_stays_in_range(tiny_cohort):

@@ -1,0 +1,95 @@
+"""Running the book: every chapter through papermill with a profile's parameters, then Jupyter Book.
+
+A profile is a folder ``params/<profile>/`` with one YAML per chapter (same stem as the chapter);
+a chapter without a file runs with its own defaults. Executed copies go to ``_build/``, so
+building the book never modifies the committed chapters.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import UserError, where
+from .paths import PARAMS, ROOT
+
+BUILD = ROOT / "_build"
+
+
+def chapters() -> list[Path]:
+    """The chapter notebooks listed in ``_toc.yml``, in book order."""
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [entry["file"] for part in toc.get("parts", [toc]) for entry in part.get("chapters", [])]
+    return [ROOT / f"{name}.ipynb" for name in files if (ROOT / f"{name}.ipynb").exists()]
+
+
+def chapter_parameters(notebook: Path) -> dict:
+    """The names and default values of a chapter's ``parameters`` cell."""
+    import papermill
+
+    inferred = papermill.inspect_notebook(str(notebook))
+    return {name: spec["default"] for name, spec in inferred.items()}
+
+
+def profile_parameters(profile: str, notebook: Path) -> dict:
+    """The profile's parameters for one chapter (empty when the profile has no file for it)."""
+    path = PARAMS / profile / f"{notebook.stem}.yaml"
+    if not (PARAMS / profile).is_dir():
+        raise UserError(f"no profile {profile!r}: {PARAMS / profile} does not exist")
+    if not path.exists():
+        return {}
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise where(path, "expected a mapping of parameter names to values")
+    return values
+
+
+def execute(profile: str = "demo", only: list[str] | None = None) -> list[Path]:
+    """Run the chapters top to bottom with a profile's parameters into ``_build/executed``."""
+    import papermill
+
+    out_dir = BUILD / "executed" / "book"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    for notebook in chapters():
+        if only and notebook.stem not in only:
+            continue
+        print(f"running {notebook.name} with params/{profile}/{notebook.stem}.yaml", flush=True)
+        target = out_dir / notebook.name
+        papermill.execute_notebook(
+            str(notebook),
+            str(target),
+            parameters=profile_parameters(profile, notebook),
+            cwd=str(notebook.parent),
+            progress_bar=False,
+        )
+        done.append(target)
+    return done
+
+
+def build_html(executed: list[Path]) -> Path:
+    """Stage the book's sources with the executed chapters and build the HTML with Jupyter Book."""
+    stage = BUILD / "stage"
+    shutil.rmtree(stage, ignore_errors=True)
+    (stage / "book").mkdir(parents=True)
+    for name in ("_config.yml", "_toc.yml", "references.bib"):
+        if (ROOT / name).exists():
+            shutil.copy2(ROOT / name, stage / name)
+    for page in (ROOT / "book").glob("*.md"):
+        shutil.copy2(page, stage / "book" / page.name)
+    for notebook in executed:
+        shutil.copy2(notebook, stage / "book" / notebook.name)
+    jupyter_book = Path(sys.executable).with_name("jupyter-book")
+    cmd = [str(jupyter_book), "build", str(stage), "--path-output", str(BUILD)]
+    subprocess.run(cmd, check=True)
+    return BUILD / "_build" / "html" / "index.html"
+
+
+def build(profile: str = "demo") -> Path:
+    index = build_html(execute(profile))
+    print(f"the book is at {index}")
+    return index

@@ -1,0 +1,75 @@
+"""The figures the chapters share. Each returns its matplotlib Figure and never saves it."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+
+def tile_grid(cohort, patients, n_tiles: int = 6, labels: pd.DataFrame | None = None):
+    """Rows of `n_tiles` tiles for each patient, labelled with its id and optional `labels` row."""
+    fig, axes = plt.subplots(len(patients), n_tiles, figsize=(1.3 * n_tiles, 1.4 * len(patients)), squeeze=False)
+    table = cohort.tiles_table
+    for row, patient in zip(axes, patients):
+        idx = np.flatnonzero(table["patient_id"].to_numpy() == patient)[:n_tiles]
+        for ax, i in zip(row, list(idx) + [None] * n_tiles):
+            ax.axis("off")
+            if i is not None:
+                ax.imshow(cohort.tiles[i])
+        text = patient
+        if labels is not None:
+            text += "\n" + " ".join(f"{k[:3]} {v:.2f}" for k, v in labels.loc[patient].items())
+        row[0].set_title(text, fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig
+
+
+def pca_by_program(z: pd.DataFrame, colours: pd.DataFrame):
+    """Patients on the first two principal components of `z`, one panel per column of `colours`."""
+    x = z.to_numpy() - z.to_numpy().mean(axis=0)
+    u, s, _ = np.linalg.svd(x, full_matrices=False)
+    pcs = u[:, :2] * s[:2]
+    explained = s[:2] ** 2 / (s**2).sum()
+    fig, axes = plt.subplots(1, colours.shape[1], figsize=(3.2 * colours.shape[1], 3), squeeze=False)
+    for ax, name in zip(axes[0], colours.columns):
+        points = ax.scatter(pcs[:, 0], pcs[:, 1], c=colours.loc[z.index, name], cmap="viridis", s=18)
+        ax.set(title=name, xlabel=f"PC1 ({explained[0]:.0%})", ylabel=f"PC2 ({explained[1]:.0%})")
+        fig.colorbar(points, ax=ax, shrink=0.8)
+    fig.tight_layout()
+    return fig
+
+
+def scatter_pairs(x: pd.DataFrame, y: pd.DataFrame, pairs: dict[str, str]):
+    """One scatter panel per (column of `x`, column of `y`) pair, with Spearman's rho."""
+    fig, axes = plt.subplots(1, len(pairs), figsize=(3.2 * len(pairs), 3), squeeze=False)
+    for ax, (xname, yname) in zip(axes[0], pairs.items()):
+        a, b = x[xname], y.loc[x.index, yname]
+        ax.scatter(a, b, s=14)
+        rho = a.rank().corr(b.rank())
+        ax.set(xlabel=xname, ylabel=yname, title=f"Spearman rho = {rho:.2f}")
+    fig.tight_layout()
+    return fig
+
+
+def augmentation_examples(dataset, index: int = 0, n: int = 6, seed: int = 0):
+    """The same training tile through the augmentations `n` times (first panel: unaugmented)."""
+    import torch
+
+    from .data import to_uint8
+
+    torch.manual_seed(seed)
+    transform, dataset.transform = dataset.transform, None
+    try:
+        views = [dataset[index][0]]
+    finally:
+        dataset.transform = transform
+    views += [dataset[index][0] for _ in range(n - 1)]
+    images = to_uint8(torch.stack(views))
+    fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.8))
+    for k, (ax, image) in enumerate(zip(axes, images)):
+        ax.imshow(image)
+        ax.set_title("original" if k == 0 else f"augmented {k}", fontsize=7)
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
