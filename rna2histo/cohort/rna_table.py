@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import UserError, where
+from ..errors import where
 
 SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": "\t"}
 PARQUET = (".parquet", ".pq")
@@ -27,7 +27,7 @@ _TCGA = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(?:[-._]|$)", re.IGNORECASE)
 
 
 def patient_id(barcode) -> str:
-    """The patient a sample belongs to: a TCGA barcode's first 12 characters, else the id stripped."""
+    """The patient of a sample: a TCGA barcode's first 12 characters, other ids stripped."""
     text = str(barcode).strip()
     match = _TCGA.match(text)
     return match.group(1).upper() if match else text
@@ -89,7 +89,8 @@ def _suffix(path: Path) -> str:
     suffix = suffixes[-1] if suffixes else ""
     if suffix not in SEPARATORS and suffix not in PARQUET:
         known = ", ".join([*SEPARATORS, *PARQUET])
-        raise where(path, f"unknown RNA table type {suffix or '(no extension)'!r}; expected {known}")
+        found = repr(suffix) if suffix else "(no extension)"
+        raise where(path, f"unknown RNA table type {found}; expected {known} (optionally .gz)")
     return suffix
 
 
@@ -101,8 +102,19 @@ def _read_text(path: Path, sep: str) -> pd.DataFrame:
     except pd.errors.EmptyDataError:
         raise where(path, "the file is empty") from None
     names = [str(n).strip() for n in header.iloc[0]]
+    other = {",": "\t", "\t": ","}[sep]
+    if len(names) == 1 and other in names[0]:
+        kind = {",": "comma", "\t": "tab"}
+        raise where(
+            path,
+            f"no gene columns: the header has no {kind[sep]} but {kind[other]}s; "
+            f"name the file {'.csv' if other == ',' else '.tsv'}",
+        )
     _check_header(names, path)
-    table = pd.read_csv(path, sep=sep, header=None, skiprows=1, dtype={0: str})
+    try:
+        table = pd.read_csv(path, sep=sep, header=None, skiprows=1, dtype={0: str})
+    except pd.errors.EmptyDataError:
+        raise where(path, "no patient rows below the header") from None
     if table.shape[1] != len(names):
         raise where(path, f"the header has {len(names)} columns but the rows {table.shape[1]}")
     table.columns = names
@@ -132,9 +144,9 @@ def _check_header(names: list[str], path: Path) -> None:
 
 def _to_expression(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     ids = raw.iloc[:, 0]
-    if ids.isna().any() or (ids.astype(str).str.strip() == "").any():
-        line = int(np.flatnonzero((ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy())[0])
-        raise where(path, f"data row {line + 1} has no patient id")
+    missing = (ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy()
+    if missing.any():
+        raise where(path, f"data row {int(np.flatnonzero(missing)[0]) + 1} has no patient id")
     ids = pd.Index([patient_id(i) for i in ids], name="patient_id", dtype=object)
     dup = list(dict.fromkeys(ids[ids.duplicated()]))
     if dup:
@@ -150,9 +162,9 @@ def _has_text(genes: pd.DataFrame) -> bool:
 
 
 def _numeric(column: pd.Series) -> pd.Series:
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+    if pd.api.types.is_numeric_dtype(column):
         return column
-    return pd.to_numeric(column.astype(object), errors="coerce")
+    return pd.to_numeric(column.astype(object), errors="coerce")  # NaN where not a number
 
 
 def _check_numeric(genes: pd.DataFrame, values: pd.DataFrame, ids: pd.Index, path: Path) -> None:
@@ -163,7 +175,7 @@ def _check_numeric(genes: pd.DataFrame, values: pd.DataFrame, ids: pd.Index, pat
     row, col = np.argwhere(bad)[0]  # row-major: the first offending cell as the file reads
     value = genes.iat[row, col]
     n = int(bad.sum())
-    others = f" ({n} such cells)" if n > 1 else ""
+    others = f"; {n} non-numeric cells in all" if n > 1 else ""
     raise where(
         path,
         f"non-numeric expression value {str(value)!r} at row {ids[row]!r}, "
