@@ -90,11 +90,40 @@ def _run_book(args) -> None:
     build(args.profile)
 
 
+def _generate_command(sub) -> None:
+    gen = sub.add_parser("generate", help="tiles from a trained run for new RNA profiles")
+    gen.add_argument("--run", dest="run_dir", required=True, help="run folder, e.g. runs/hybrid/default")
+    gen.add_argument("--rna", required=True, help="CSV, TSV or parquet; one row per patient")
+    gen.add_argument("--n", type=int, default=7, help="tiles per profile (default 7, as in the study)")
+    gen.add_argument("--out", required=True, help="folder for the PNG tiles and index.csv")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--guidance", type=float, default=None, help="diffusion: guidance scale")
+    gen.add_argument("--checkpoint", default="best", help="best, last or epoch_NNN")
+    gen.set_defaults(run=_run_generate)
+
+
+def _run_generate(args) -> None:
+    from .cohort.rna_table import read_rna_table
+    from .generate import generate, load_run, write_tiles
+
+    run = load_run(resolve(args.run_dir), args.checkpoint)
+    rna = read_rna_table(resolve(args.rna))
+    kw = {} if args.guidance is None else {"guidance": args.guidance}
+    images, index, alignment = generate(run, rna, n=args.n, seed=args.seed, **kw)
+    write_tiles(images, index, resolve(args.out))
+    print(
+        f"{len(images)} tiles for {len(rna)} profiles in {resolve(args.out)}; genes: "
+        f"{alignment['genes_expected']} expected, {alignment['genes_missing_filled_with_median']} missing "
+        f"(filled with the training median), {alignment['genes_extra_ignored']} extra ignored"
+    )
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
     _cohort_commands(sub)
     _book_command(sub)
+    _generate_command(sub)
     return top
 
 

@@ -93,3 +93,40 @@ def build(profile: str = "demo") -> Path:
     index = build_html(execute(profile))
     print(f"the book is at {index}")
     return index
+
+
+def ensure_cohort(cohort_dir: str | Path, image_size: int | None = None):
+    """Load the cohort at `cohort_dir`, building it from the embedded default if it is missing.
+
+    A missing cohort is built by the synthetic source with the chapter-00 parameters of the
+    profile whose ``cohort_dir`` names it (``data/cohorts/demo`` is params/demo's), or with
+    chapter 00's own defaults (the smoke cohort) for any other folder.
+    """
+    from .cohort import build_cohort, is_cohort, load_cohort
+    from .paths import resolve
+
+    path = resolve(cohort_dir)
+    if not is_cohort(path):
+        params = {k: v for k, v in _default_cohort_params(path).items() if k not in ("source", "cohort_dir")}
+        if image_size is not None:
+            params["image_size"] = image_size
+        print(f"no cohort at {cohort_dir}: building the embedded default (synthetic) there")
+        build_cohort("synthetic", path, **params)
+    cohort = load_cohort(path)
+    if image_size is not None and cohort.image_size != image_size:
+        raise UserError(
+            f"{path}: the cohort has {cohort.image_size} px tiles but image_size is {image_size}; "
+            "rebuild it (chapter 00) or set image_size to match"
+        )
+    return cohort
+
+
+def _default_cohort_params(path: Path) -> dict:
+    from .paths import resolve
+
+    defaults = chapter_parameters(ROOT / "book" / "00_data.ipynb")
+    for profile_file in sorted(PARAMS.glob("*/00_data.yaml")):
+        values = yaml.safe_load(profile_file.read_text()) or {}
+        if "cohort_dir" in values and resolve(values["cohort_dir"]) == path:
+            return {**defaults, **values}
+    return defaults

@@ -73,3 +73,34 @@ def augmentation_examples(dataset, index: int = 0, n: int = 6, seed: int = 0):
         ax.axis("off")
     fig.tight_layout()
     return fig
+
+
+def loss_curves(metrics: pd.DataFrame):
+    """Training and validation losses per epoch, one panel per loss that has both or either."""
+    names = sorted({c.split("_", 1)[1] for c in metrics.columns if c.startswith(("train_", "val_"))})
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for split, style in (("train", "-o"), ("val", "--s")):
+            column = f"{split}_{name}"
+            if column in metrics:
+                ax.plot(metrics["epoch"], metrics[column], style, ms=3, label=split)
+        ax.set(title=name, xlabel="epoch")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def real_vs_generated(real: dict, generated: dict, n: int = 6):
+    """Per patient (rows): `n` real tiles, a gap, then `n` generated tiles; dicts patient -> uint8 (k, S, S, 3)."""
+    patients = list(real)
+    fig, axes = plt.subplots(len(patients), 2 * n, figsize=(1.1 * 2 * n, 1.2 * len(patients)), squeeze=False)
+    for row, patient in zip(axes, patients):
+        for j, ax in enumerate(row):
+            ax.axis("off")
+            source, k = (real, j) if j < n else (generated, j - n)
+            if k < len(source[patient]):
+                ax.imshow(source[patient][k])
+        row[0].set_title(f"{patient}: real", fontsize=7, loc="left")
+        row[n].set_title("generated", fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig

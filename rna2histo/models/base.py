@@ -1,0 +1,95 @@
+"""The one contract every generator follows, so that one loop (`rna2histo.train.fit`) trains all four.
+
+A generator is an `nn.Module` that
+
+- is built from its config dataclass: ``Model(cfg)``; ``cfg.n_genes`` and ``cfg.image_size``
+  come from the data, the rest from a preset (``small`` for a CPU, ``thesis`` for the study);
+- names its optimisers and LR schedules: ``configure_optimizers(epochs) -> {name: (opt, sched)}``
+  (the GANs have ``"g"`` and ``"d"``, the others one ``"main"``); schedules step once per epoch;
+- takes one optimisation step per batch: ``training_step(batch, step) -> {metric: float}``,
+  computing its losses under ``step.autocast()`` and handing each to ``step(name, loss)``,
+  which backpropagates, clips, steps and zeroes that optimiser (and refuses non-finite losses);
+- scores a validation batch: ``validation_step(batch) -> {metric: float}`` with a ``"loss"``
+  entry (the loop keeps the ``best`` checkpoint by it);
+- generates: ``sample(c, generator) -> x`` in [-1, 1], (B, 3, S, S), all randomness drawn from
+  `generator` so that a fixed generator gives fixed noise.
+
+Models never print, plot or save: the loop does.
+A batch is ``(x, c, p)``: images (B, 3, S, S) in [-1, 1], normalised RNA (B, G), patient index.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass
+class ModelConfig:
+    """Fields shared by every model's config; subclasses add their own and name their presets."""
+
+    n_genes: int = 2000
+    image_size: int = 64
+
+    PRESETS: ClassVar[dict[str, dict]] = {}
+
+    @classmethod
+    def preset(cls, name: str, **overrides) -> ModelConfig:
+        from ..errors import UserError
+
+        if name not in cls.PRESETS:
+            raise UserError(f"unknown model_size {name!r}; expected one of {', '.join(cls.PRESETS)}")
+        known = {f.name for f in fields(cls)}
+        unknown = set(overrides) - known
+        if unknown:
+            raise UserError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        return cls(**{**cls.PRESETS[name], **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Generator(nn.Module):
+    """Base class of the four generators: see the module docstring for the contract."""
+
+    name: ClassVar[str]
+    Config: ClassVar[type[ModelConfig]]
+
+    def configure_optimizers(self, epochs: int) -> dict:
+        raise NotImplementedError
+
+    def training_step(self, batch, step) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validation_step(self, batch) -> dict[str, float]:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def sample(self, c: torch.Tensor, generator: torch.Generator | None = None, **kw) -> torch.Tensor:
+        raise NotImplementedError
+
+    def initialise(self) -> None:
+        """The study's initialisation (the loop calls it once, on a fresh model)."""
+        self.apply(init_weights)
+
+    def on_step_end(self) -> None:
+        """Called after every training step (the diffusion model updates its EMA here)."""
+
+
+def init_weights(module: nn.Module) -> None:
+    """The study's initialisation: conv weights ~ N(0, 0.02), norm layers ~ N(1, 0.02), biases 0."""
+    if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(module.weight, 0.0, 0.02)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and module.weight is not None:
+        nn.init.normal_(module.weight, 1.0, 0.02)
+        nn.init.zeros_(module.bias)
+
+
+def count_parameters(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())

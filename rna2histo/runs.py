@@ -1,0 +1,68 @@
+"""A run is a folder ``runs/<model>/<run_name>/``: checkpoints, parameters, metrics, samples.
+
+    checkpoints/last.pt, best.pt, epoch_010.pt ...   see `save_checkpoint` for the contents
+    params.json                                      the resolved training parameters
+    metrics.csv                                      one row per epoch
+    samples/epoch_001.png ...                        fixed-noise grids for fixed val patients
+
+Checkpoints hold state dicts, the model config, the fitted RNA normaliser and plain values
+only: they load with ``torch.load(weights_only=True)`` and never unpickle code. Every file is
+written atomically (temporary file, then rename), so a kill leaves the previous version whole.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from .errors import where
+
+CHECKPOINT_VERSION = 1
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_checkpoint(path: Path, state: dict) -> Path:
+    """`state`: model, config, normaliser, epoch, optimizers, schedulers, scaler, best_val, params."""
+    return atomic_write(path, lambda tmp: torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp))
+
+
+def load_checkpoint(path: Path, map_location="cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise where(path, "no such checkpoint")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # torch raises many types for a damaged or foreign file
+        raise where(path, f"not a readable rna2histo checkpoint ({type(err).__name__}: {err})") from None
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise where(path, f"checkpoint format version {version} is not one this rna2histo reads ({CHECKPOINT_VERSION})")
+    return state
+
+
+def write_json(path: Path, value: dict) -> Path:
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(value, indent=2, default=str)))
+
+
+def write_metrics(path: Path, rows: list[dict]) -> Path:
+    return atomic_write(path, lambda tmp: pd.DataFrame(rows).to_csv(tmp, index=False))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    return pd.read_csv(path).to_dict("records") if Path(path).exists() else []

@@ -1,0 +1,308 @@
+"""The one training loop for every generator (`fit`), and the optimisation step it lends models.
+
+The loop knows no model's losses: a model's ``training_step`` computes them and hands each to
+`Step`, which backpropagates, clips the gradient norm at 1.0 and steps (see
+`rna2histo.models.base`). The loop owns everything else: seeding, the device, mixed precision,
+validation, ``metrics.csv``, fixed-noise sample grids and checkpoints (`rna2histo.runs`).
+
+Every epoch re-seeds from (seed, epoch), so a run stopped after epoch k and resumed from its
+``last`` checkpoint draws exactly the batches, augmentations and noise of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .cohort import load_cohort
+from .data import TileDataset, make_loader, to_uint8
+from .errors import UserError
+from .models import Generator, build_model
+from .paths import RUNS, resolve
+from .rna import Normaliser, fit_on_training
+from .runs import atomic_write, load_checkpoint, read_metrics, save_checkpoint, write_json, write_metrics
+
+CLIP_NORM = 1.0  # the study's gradient-norm clipping
+
+
+class NonFiniteLoss(UserError):
+    """A loss became NaN or inf: training stops, the last good checkpoint is kept."""
+
+
+class Step:
+    """Backward, clip, step and zero for named optimisers, with mixed precision on CUDA.
+
+    ``step("g", loss)`` optimises the parameters of optimiser "g" only. On CUDA, autocast runs in
+    bf16 where the device supports it (no scaler needed), else fp16 with a gradient scaler.
+    """
+
+    def __init__(self, optimizers: dict, device: torch.device, amp: bool = True):
+        self.optimizers = {name: pair[0] for name, pair in optimizers.items()}
+        self.device = device
+        cuda = device.type == "cuda"
+        self.amp_dtype = None
+        if amp and cuda:
+            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def __call__(self, name: str, loss: torch.Tensor) -> float:
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            raise NonFiniteLoss(f"loss for optimiser {name!r} is {value}; training stopped")
+        opt = self.optimizers[name]
+        # Gradients another loss left on these parameters (the generator's loss reaches the
+        # discriminator) must not leak into this step.
+        for other in self.optimizers.values():
+            other.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.unscale_(opt)
+        params = [p for group in opt.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
+        self.scaler.step(opt)
+        self.scaler.update()
+        return value
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """`auto`: cuda, then mps, then cpu."""
+    if device != "auto":
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The seed of one epoch: resuming at epoch k replays exactly what epoch k would have drawn."""
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])
+
+
+@dataclass
+class Trainer:
+    """The state of one run: model, data, optimisers and where they are written."""
+
+    model: Generator
+    run_dir: Path
+    params: dict
+    normaliser: Normaliser
+    train: TileDataset
+    val: TileDataset
+    device: torch.device
+    optimizers: dict = field(default_factory=dict)
+    epoch: int = 0
+    best_val: float = math.inf
+    history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.optimizers = self.model.configure_optimizers(self.params["epochs"])
+        self.step = Step(self.optimizers, self.device, amp=self.params["amp"])
+
+    # -- checkpoints
+    def state(self) -> dict:
+        return {
+            "model": self.model.name,
+            "config": self.model.cfg.to_dict(),
+            "state_dict": self.model.state_dict(),
+            "optimizers": {n: opt.state_dict() for n, (opt, _) in self.optimizers.items()},
+            "schedulers": {n: s.state_dict() for n, (_, s) in self.optimizers.items() if s is not None},
+            "scaler": self.step.scaler.state_dict(),
+            "normaliser": self.normaliser.state_dict(),
+            "epoch": self.epoch,
+            "best_val": self.best_val,
+            "params": self.params,
+        }
+
+    def restore(self, state: dict) -> None:
+        self.model.load_state_dict(state["state_dict"])
+        for name, (opt, sched) in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+            if sched is not None:
+                sched.load_state_dict(state["schedulers"][name])
+        self.step.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.best_val = state["epoch"], state["best_val"]
+        # rows of epochs after the checkpoint (a kill between metrics and checkpoint) are dropped
+        self.history = [r for r in read_metrics(self.run_dir / "metrics.csv") if r["epoch"] <= self.epoch]
+
+    def save(self, is_best: bool) -> None:
+        folder, state = self.run_dir / "checkpoints", self.state()
+        if is_best:
+            save_checkpoint(folder / "best.pt", state)
+        if self.epoch % self.params["ckpt_every"] == 0:
+            save_checkpoint(folder / f"epoch_{self.epoch:03d}.pt", state)
+        save_checkpoint(folder / "last.pt", state)  # last, so resume never skips a best
+
+    # -- one epoch
+    def train_epoch(self) -> dict:
+        self.model.train()
+        seed = epoch_seed(self.params["seed"], self.epoch)
+        torch.manual_seed(seed)
+        loader = make_loader(self.train, self.params["batch_size"], shuffle=True, seed=seed,
+                             workers=self.params["workers"], drop_last=len(self.train) > self.params["batch_size"])
+        totals: dict[str, float] = {}
+        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.params['epochs']}", leave=False,
+                   disable=not self.params["progress"])
+        for n, batch in enumerate(bar, start=1):
+            metrics = self.model.training_step(self.to_device(batch), self.step)
+            self.model.on_step_end()
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + v
+            bar.set_postfix({k: f"{v / n:.3f}" for k, v in list(totals.items())[:3]})
+        for _, sched in self.optimizers.values():
+            if sched is not None:
+                sched.step()
+        return {f"train_{k}": v / max(n, 1) for k, v in totals.items()}
+
+    @torch.no_grad()
+    def validate(self) -> dict:
+        self.model.eval()
+        torch.manual_seed(self.params["seed"])  # the same validation noise every epoch
+        totals, batches = {}, 0
+        for batch in make_loader(self.val, self.params["batch_size"], shuffle=False):
+            with self.step.autocast():
+                metrics = self.model.validation_step(self.to_device(batch))
+            for k, v in metrics.items():
+                totals[k] = totals.get(k, 0.0) + float(v)
+            batches += 1
+        return {f"val_{k}": v / max(batches, 1) for k, v in totals.items()}
+
+    def to_device(self, batch):
+        return [t.to(self.device, non_blocking=True) for t in batch]
+
+    @torch.no_grad()
+    def sample_grid(self, patients: list[int], per_patient: int = 4) -> np.ndarray:
+        """Rows: one real tile of each fixed val patient, then samples from fixed noise."""
+        self.model.eval()
+        c = self.val.c[patients].repeat_interleave(per_patient, 0).to(self.device)
+        generator = torch.Generator(self.device).manual_seed(self.params["seed"])
+        fake = to_uint8(self.model.sample(c, generator=generator))
+        rows = []
+        for k, p in enumerate(patients):
+            real = self.val[int(np.flatnonzero(self.val.patient.numpy() == p)[0])][0]
+            rows.append([to_uint8(real[None])[0], *fake[k * per_patient : (k + 1) * per_patient]])
+        return mosaic(rows)
+
+
+def mosaic(rows: list[list[np.ndarray]], gap: int = 2) -> np.ndarray:
+    """Tile rows of equal-size uint8 images into one image with white gaps."""
+    s = rows[0][0].shape[0]
+    ncol = max(len(r) for r in rows)
+    out = np.full((len(rows) * (s + gap) - gap, ncol * (s + gap) - gap, 3), 255, np.uint8)
+    for i, row in enumerate(rows):
+        for j, image in enumerate(row):
+            out[i * (s + gap) : i * (s + gap) + s, j * (s + gap) : j * (s + gap) + s] = image
+    return out
+
+
+def fit(
+    model: str,
+    cohort_dir: str | Path,
+    run_dir: str | Path | None = None,
+    *,
+    epochs: int,
+    batch_size: int,
+    model_size: str = "small",
+    device: str = "auto",
+    seed: int = 0,
+    resume: bool = False,
+    amp: bool = True,
+    ckpt_every: int = 10,
+    workers: int = 0,
+    sample_patients: int = 4,
+    progress: bool = True,
+    **options,
+) -> Path:
+    """Train `model` on a cohort; returns the run folder. `options` override model config fields."""
+    params = {k: v for k, v in locals().items() if k not in ("options",)}
+    params.update(cohort_dir=str(cohort_dir), run_dir=str(run_dir or RUNS / model / "default"), options=options)
+    if epochs < 1 or batch_size < 1:
+        raise UserError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
+    trainer = _make_trainer(params, options)
+    last = trainer.run_dir / "checkpoints" / "last.pt"
+    if resume and last.exists():
+        trainer.restore(_matching_checkpoint(last, trainer))
+    else:
+        _clear_run(trainer.run_dir)
+    write_json(trainer.run_dir / "params.json", params)
+    fixed = sorted(set(trainer.val.patient.tolist()))[:sample_patients]
+    try:
+        while trainer.epoch < epochs:
+            _run_epoch(trainer, fixed)
+    except NonFiniteLoss as err:
+        kept = f"last good checkpoint: {last} (epoch {trainer.epoch})" if last.exists() else "no checkpoint yet"
+        raise NonFiniteLoss(f"{trainer.run_dir}: {err} in epoch {trainer.epoch + 1}; {kept}") from None
+    return trainer.run_dir
+
+
+def _make_trainer(params: dict, options: dict) -> Trainer:
+    seed_everything(params["seed"])
+    cohort = load_cohort(resolve(params["cohort_dir"]))
+    normaliser = fit_on_training(cohort)
+    net = build_model(params["model"], params["model_size"], n_genes=normaliser.n_genes,
+                      image_size=cohort.image_size, **options)
+    net.initialise()
+    device = pick_device(params["device"])
+    params["device_used"] = str(device)
+    return Trainer(
+        model=net.to(device),
+        run_dir=resolve(params["run_dir"]),
+        params=params,
+        normaliser=normaliser,
+        train=TileDataset(cohort, "train", normaliser),
+        val=TileDataset(cohort, "val", normaliser, augment=False),
+        device=device,
+    )
+
+
+def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
+    state = load_checkpoint(path, map_location=trainer.device)
+    if state["model"] != trainer.model.name or state["config"] != trainer.model.cfg.to_dict():
+        raise UserError(f"{path}: cannot resume: it holds a different model or config; use another run_dir")
+    return state
+
+
+def _clear_run(run_dir: Path) -> None:
+    """A fresh run replaces what an earlier run left in the same folder."""
+    for name in ("checkpoints", "samples"):
+        shutil.rmtree(run_dir / name, ignore_errors=True)
+    (run_dir / "metrics.csv").unlink(missing_ok=True)
+
+
+def _run_epoch(trainer: Trainer, fixed_patients: list[int]) -> None:
+    started = time.perf_counter()
+    row = trainer.train_epoch()
+    trainer.epoch += 1
+    row.update(trainer.validate())
+    row = {"epoch": trainer.epoch, **row, "seconds": round(time.perf_counter() - started, 2)}
+    for name, (opt, _) in trainer.optimizers.items():
+        row[f"lr_{name}"] = opt.param_groups[0]["lr"]
+    is_best = row["val_loss"] < trainer.best_val
+    trainer.best_val = min(trainer.best_val, row["val_loss"])
+    trainer.history.append(row)
+    write_metrics(trainer.run_dir / "metrics.csv", trainer.history)
+    grid = trainer.sample_grid(fixed_patients)
+    atomic_write(trainer.run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png",
+                 lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
+    trainer.save(is_best)
