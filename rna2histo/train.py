@@ -280,6 +280,13 @@ def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     state = load_checkpoint(path, map_location=trainer.device)
     if state["model"] != trainer.model.name or state["config"] != trainer.model.cfg.to_dict():
         raise UserError(f"{path}: cannot resume: it holds a different model or config; use another run_dir")
+    planned = state["params"]["epochs"]
+    if planned != trainer.params["epochs"]:
+        # the LR schedules were built for the planned length; stretching them would change them
+        raise UserError(
+            f"{path}: cannot resume: the run was planned for {planned} epochs and its learning-rate "
+            f"schedule depends on it (asked: {trainer.params['epochs']}); use epochs={planned} or a new run_dir"
+        )
     return state
 
 

@@ -1,5 +1,6 @@
 """Building blocks shared by the generators, written once: the RNA encoder, conv blocks, the U-Net."""
 
 from .rna import RNAEncoder
+from .unet import UNet
 
-__all__ = ["RNAEncoder"]
+__all__ = ["RNAEncoder", "UNet"]

@@ -1,0 +1,239 @@
+"""Conditional diffusion: DDPM training (Ho et al. 2020), DDIM sampling (Song et al. 2021).
+
+The network (`Denoiser`: RNA encoder, a learned null condition and the U-Net) predicts the
+noise; this module holds everything else: the linear beta schedule, ``q_sample``, the
+epsilon loss, classifier-free guidance (Ho & Salimans 2022) and the DDIM sampler.
+
+Sampling and validation use an exponential moving average of the weights (``ema``, a copy of
+the denoiser outside the optimiser and inside the state dict, so checkpoints keep it).
+
+Guidance is an extension of the study, which used plain conditional sampling: training drops
+the RNA condition with probability ``cond_dropout`` (replacing its embedding by the null
+embedding) so that one network also learns eps(x_t, t, null); sampling then uses
+eps = eps(x_t, t, null) + s (eps(x_t, t, c) - eps(x_t, t, null)). The default scale s = 1 is
+exactly the plain conditional model (one network pass); s > 1 trades diversity for fidelity
+to the condition.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+from ..nets.rna import RNAEncoder
+from ..nets.unet import UNet
+from .base import Generator, ModelConfig, count_parameters, init_weights
+
+
+@dataclass
+class DiffusionConfig(ModelConfig):
+    base_channels: int = 32
+    channel_mults: tuple[int, ...] = (1, 2)  # one entry per U-Net level
+    blocks: int = 1  # residual blocks per level (the decoder has one more)
+    attention_levels: tuple[int, ...] = ()  # levels with self-attention; the study names none
+    groups: int = 8  # GroupNorm groups
+    dropout: float = 0.0
+    time_dim: int = 128  # sinusoidal time embedding, as in the study
+    rna_widths: tuple[int, ...] = (256, 128)  # RNA embedding MLP (study: 512, 256)
+    timesteps: int = 1000  # T
+    beta_start: float = 1e-4
+    beta_end: float = 0.02
+    cond_dropout: float = 0.1  # P(condition replaced by the null embedding) in training
+    guidance: float = 1.0  # classifier-free guidance scale s at sampling; 1 = plain conditional
+    sample_steps: int = 50  # DDIM steps
+    eta: float = 0.0  # DDIM stochasticity; 0 = deterministic given x_T
+    ema_decay: float = 0.99
+    lr: float = 1e-4
+    weight_decay: float = 0.01
+    val_seed: int = 0  # fixes validation timesteps and noise, so epochs are comparable
+
+    PRESETS: ClassVar[dict[str, dict]] = {
+        "small": {},
+        "thesis": {
+            "base_channels": 64,
+            "channel_mults": (1, 2, 2, 4),  # 64 ... 256 at the bottleneck, 16 px at 128 px
+            "blocks": 2,
+            "groups": 32,
+            "rna_widths": (512, 256),
+            "ema_decay": 0.999,
+        },
+    }
+
+
+class Denoiser(nn.Module):
+    """eps_theta(x_t, t, e): the RNA encoder c -> e, a learned null embedding, and the U-Net."""
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        self.rna = RNAEncoder(cfg.n_genes, tuple(cfg.rna_widths))
+        self.null = nn.Parameter(torch.zeros(self.rna.out_features))  # the "no RNA" condition
+        self.unet = UNet(
+            self.rna.out_features,
+            base=cfg.base_channels,
+            mults=tuple(cfg.channel_mults),
+            blocks=cfg.blocks,
+            time_dim=cfg.time_dim,
+            groups=cfg.groups,
+            attention_levels=tuple(cfg.attention_levels),
+            dropout=cfg.dropout,
+        )
+
+    def embed(self, c, drop=None):  # (B, G), (B,) bool or None -> (B, D)
+        """RNA embedding; rows where ``drop`` is True get the null embedding instead."""
+        e = self.rna(c)
+        if drop is None:
+            return e
+        return torch.where(drop[:, None], self.null.to(e.dtype), e)
+
+    def forward(self, x, t, e):  # (B, 3, S, S), (B,), (B, D) -> (B, 3, S, S)
+        return self.unet(x, t, e)
+
+
+class Diffusion(Generator):
+    """Conditional DDPM with DDIM sampling, EMA weights and classifier-free guidance."""
+
+    name = "diffusion"
+    Config = DiffusionConfig
+    # The study says only ">15M parameters" for the U-Net; 15M is that lower bound.
+    STUDY_PARAMETERS: ClassVar[dict[str, int]] = {"unet": 15_000_000}
+
+    def __init__(self, cfg: DiffusionConfig):
+        super().__init__()
+        if cfg.image_size % 2 ** (len(cfg.channel_mults) - 1):
+            raise UserError(f"image_size {cfg.image_size} must be divisible by 2 ** (levels - 1)")
+        self.cfg = cfg
+        self.net = Denoiser(cfg)
+        self.ema = copy.deepcopy(self.net).requires_grad_(False)
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        # Linear schedule (DDPM sec. 4): beta_t from beta_start to beta_end; alpha_bar_t =
+        # prod_{s <= t} (1 - beta_s), in float64 before rounding. Derived from cfg: not saved.
+        betas = torch.linspace(cfg.beta_start, cfg.beta_end, cfg.timesteps, dtype=torch.float64)
+        self.register_buffer("alpha_bar", torch.cumprod(1 - betas, 0).float(), persistent=False)
+        self.initialise()
+
+    def initialise(self) -> None:
+        """The study's initialisation of the online weights; the EMA restarts as their copy."""
+        self.net.apply(init_weights)
+        self.ema.load_state_dict(self.net.state_dict())
+        self.ema_updates.zero_()
+
+    @property
+    def unet(self) -> UNet:
+        """The online U-Net (the part the study's parameter count refers to)."""
+        return self.net.unet
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Trained parameters; the EMA copy doubles ``count_parameters(self)`` and is left out."""
+        rna = count_parameters(self.net) - count_parameters(self.unet)  # encoder + null embedding
+        return {"unet": count_parameters(self.unet), "rna_encoder": rna}
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.ema.eval()  # the EMA copy only ever evaluates: no dropout
+        return self
+
+    def configure_optimizers(self, epochs: int) -> dict:
+        cfg = self.cfg
+        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
+        return {"main": (opt, sched)}
+
+    # --- forward process and loss -------------------------------------------------------
+
+    def q_sample(self, x0, t, noise):  # (B, 3, S, S), (B,), (B, 3, S, S) -> (B, 3, S, S)
+        """Sample q(x_t | x_0) = N(sqrt(alpha_bar_t) x_0, (1 - alpha_bar_t) I) (DDPM eq. 4)."""
+        ab = self.alpha_bar[t].view(-1, 1, 1, 1)  # (B, 1, 1, 1)
+        return ab.sqrt() * x0 + (1 - ab).sqrt() * noise
+
+    def eps_loss(self, net, x0, c, t, noise, drop=None) -> torch.Tensor:
+        """L_simple = || eps - eps_theta(x_t, t, c) ||^2, averaged (DDPM eq. 14)."""
+        eps = net(self.q_sample(x0, t, noise), t, net.embed(c, drop))
+        return F.mse_loss(eps.float(), noise)
+
+    def training_step(self, batch, step) -> dict[str, float]:
+        x, c, _ = batch
+        t = torch.randint(0, self.cfg.timesteps, (len(x),), device=x.device)
+        noise = torch.randn_like(x)
+        drop = torch.rand(len(x), device=x.device) < self.cfg.cond_dropout
+        with step.autocast():
+            loss = self.eps_loss(self.net, x, c, t, noise, drop)
+        return {"loss": step("main", loss)}
+
+    @torch.no_grad()
+    def on_step_end(self) -> None:
+        """EMA: theta_ema <- d theta_ema + (1 - d) theta, warm-up d_n = min(d, (1 + n) / (10 + n)).
+
+        The warm-up lets the average follow the fast early changes, so even a short run has a
+        useful EMA; after ~1,000 updates d_n reaches 0.99 and the configured decay takes over.
+        """
+        n = int(self.ema_updates)
+        d = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+            e.lerp_(p.detach(), 1 - d)
+        self.ema_updates += 1
+
+    @torch.no_grad()
+    def validation_step(self, batch) -> dict[str, float]:
+        """Epsilon MSE of the EMA weights at timesteps and noise fixed by ``val_seed``."""
+        x, c, _ = batch
+        g = torch.Generator().manual_seed(self.cfg.val_seed)
+        t = torch.randint(0, self.cfg.timesteps, (len(x),), generator=g).to(x.device)
+        noise = torch.randn(x.shape, generator=g).to(x.device)
+        return {"loss": float(self.eps_loss(self.ema, x, c, t, noise))}
+
+    # --- sampling ---------------------------------------------------------------------
+
+    def _randn(self, shape, generator):
+        """Standard normal noise drawn from ``generator`` on its own device, moved to ours."""
+        device = generator.device if generator is not None else self.alpha_bar.device
+        return torch.randn(shape, generator=generator, device=device).to(self.alpha_bar.device)
+
+    def guided_eps(self, net, x, t: int, e, guidance: float):  # -> (B, 3, S, S)
+        """eps = eps(x, t, null) + s (eps(x, t, c) - eps(x, t, null)); s = 1 is one plain pass."""
+        t = torch.full((len(x),), t, device=x.device)
+        if guidance == 1:
+            return net(x, t, e)
+        null = net.null.expand_as(e)
+        both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([e, null]))  # (2B, 3, S, S)
+        eps_c, eps_u = both.chunk(2)
+        return eps_u + guidance * (eps_c - eps_u)
+
+    def ddim_step(self, x, eps, t: int, t_prev: int, eta: float, generator):
+        """x_t -> x_{t_prev} by DDIM (Song et al. 2021, eq. 12; sigma eq. 16); t_prev = -1 ends."""
+        ab = self.alpha_bar[t]
+        ab_prev = self.alpha_bar[t_prev] if t_prev >= 0 else torch.ones_like(ab)
+        x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)  # predicted x_0, clipped
+        eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # the noise consistent with the clipped x_0
+        sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
+        x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
+        if eta > 0 and t_prev >= 0:
+            x = x + sigma * self._randn(x.shape, generator)
+        return x
+
+    @torch.no_grad()
+    def sample(self, c, generator=None, steps=None, guidance=None, eta=None) -> torch.Tensor:
+        """DDIM from x_T ~ N(0, I) with the EMA weights: (B, G) -> (B, 3, S, S) in [-1, 1].
+
+        ``steps``, ``guidance`` and ``eta`` default to the config; all noise comes from
+        ``generator``, so with eta = 0 a fixed generator gives a fixed image per condition.
+        """
+        cfg = self.cfg
+        steps = cfg.sample_steps if steps is None else steps
+        guidance = cfg.guidance if guidance is None else guidance
+        eta = cfg.eta if eta is None else eta
+        if not 1 <= steps <= cfg.timesteps:
+            raise UserError(f"DDIM steps must be between 1 and {cfg.timesteps}, not {steps}")
+        # Evenly spaced timesteps T-1 ... 0, then the final jump to x_0 (alpha_bar = 1).
+        ts = torch.linspace(cfg.timesteps - 1, 0, steps).round().long().tolist()
+        e = self.ema.embed(c)  # (B, D)
+        x = self._randn((len(c), 3, cfg.image_size, cfg.image_size), generator)  # x_T
+        for t, t_prev in zip(ts, [*ts[1:], -1], strict=True):
+            eps = self.guided_eps(self.ema, x, t, e, guidance)
+            x = self.ddim_step(x, eps, t, t_prev, eta, generator)
+        return x.clamp(-1, 1)
