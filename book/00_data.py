@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -64,8 +66,8 @@ from rna2histo.rna import fit_on_training, program_scores
 # python -m rna2histo cohort folder --rna rna.csv --images slides/ --out data/cohorts/mine
 # ```
 #
-# In the simulation each patient has four program levels in $[0, 1]$: tumour **epithelium**,
-# lymphocytic **immune** infiltrate, fibrous **stroma** and **proliferation**. The RNA is a
+# In the simulation each patient has five program levels in $[0, 1]$: tumour **epithelium**,
+# lymphocytic **immune** infiltrate, fibrous **stroma**, **proliferation** and air-space **lumen**. The RNA is a
 # saturating, noisy function of the programs on Xena's log2(RSEM + 1) scale, with real marker
 # symbols (PTPRC, CD3E, COL1A1, EPCAM, MKI67, ...) and thousands of neutral genes; the tiles are
 # painted through a Beer-Lambert stain model from nuclei and tissue laid out by the same
@@ -90,7 +92,7 @@ print(describe(cohort))
 # %% [markdown]
 # ## Tiles and their programs
 # Each row is one patient: its tiles and, for the simulated cohort, its true program levels
-# (epithelial, immune, stroma, proliferation). High-immune patients carry many small dark
+# (epithelial, immune, stroma, proliferation, lumen). High-immune patients carry many small dark
 # lymphocytes; high-stroma patients pink fibrous tissue with spindle nuclei; high-epithelial
 # patients nests of large pale tumour nuclei.
 
@@ -140,7 +142,7 @@ pd.DataFrame(
 # ## Does the RNA carry the morphology?
 # A generator can only learn what the data contain. Per patient, the RNA program score
 # (x-axis) against the mean ground-truth morphology of its tiles (y-axis): lymphocyte count,
-# stroma fraction, epithelium fraction and mitoses per tile. Strong rank correlations mean the
+# stroma fraction, epithelium fraction, mitoses and lumen fraction per tile. Strong rank correlations mean the
 # RNA holds the information; the scatter around them is tissue heterogeneity and noise that no
 # generator can recover from the RNA.
 
@@ -152,6 +154,7 @@ if len(ground_truth.columns):
         "stroma": "gt_stroma_fraction",
         "epithelial": "gt_epithelium_fraction",
         "proliferation": "gt_mitoses",
+        "lumen": "gt_lumen_fraction",
     }
     fig = plots.scatter_pairs(scores, ground_truth, pairs)
 

@@ -7,6 +7,7 @@ building the book never modifies the committed chapters.
 
 from __future__ import annotations
 
+import ast
 import shutil
 import subprocess
 import sys
@@ -32,7 +33,8 @@ def chapter_parameters(notebook: Path) -> dict:
     import papermill
 
     inferred = papermill.inspect_notebook(str(notebook))
-    return {name: spec["default"] for name, spec in inferred.items()}
+    # papermill reports defaults as source text; the cell holds literals only
+    return {name: ast.literal_eval(spec["default"]) for name, spec in inferred.items()}
 
 
 def profile_parameters(profile: str, notebook: Path) -> dict:

@@ -13,6 +13,8 @@ MARKERS: dict[str, list[str]] = {
     "stroma": ["COL1A1", "COL1A2", "COL3A1", "DCN", "LUM", "FAP", "PDGFRB", "ACTA2", "POSTN", "SPARC", "FN1", "THY1"],
     # cell cycle: S phase and G2/M genes
     "proliferation": ["MKI67", "TOP2A", "CCNB1", "BUB1", "CDK1", "MCM2", "PCNA", "AURKA", "CCNA2", "E2F1", "CENPF", "TYMS"],
+    # alveolar air space: type I pneumocytes and alveolar capillaries (normal lung around a tumour)
+    "lumen": ["AGER", "CLDN18", "EMP2", "CAV1", "HOPX", "RTKN2", "AQP1", "CA4", "SCEL", "SEMA3B"],
 }
 
 PROGRAMS: tuple[str, ...] = tuple(MARKERS)

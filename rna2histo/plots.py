@@ -47,7 +47,7 @@ def scatter_pairs(x: pd.DataFrame, y: pd.DataFrame, pairs: dict[str, str]):
         a, b = x[xname], y.loc[x.index, yname]
         ax.scatter(a, b, s=14)
         rho = a.rank().corr(b.rank())
-        ax.set(xlabel=xname, ylabel=yname, title=f"Spearman rho = {rho:.2f}")
+        ax.set(xlabel=f"{xname} (RNA score)", ylabel=yname, title=f"Spearman rho = {rho:.2f}")
     fig.tight_layout()
     return fig
 
