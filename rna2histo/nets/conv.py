@@ -1,0 +1,144 @@
+"""Conv building blocks shared by the cGAN, the cVAE and the hybrid, written once.
+
+- `down`, `DownStack`: Conv2d 4x4 stride 2 + norm + LeakyReLU, halving the size per block; the
+  stack returns every block's feature map (the hybrid's feature matching reads them). It is the
+  body of the discriminator and of the VAE encoder.
+- `FiLM`, `UpBlock`, `UpDecoder`: (z, e) -> x, a linear projection to a small map and transposed
+  convs doubling it; the cGAN generator, the cVAE decoder and the hybrid decoder.
+
+Where the condition enters: *after* every normalisation, as a per-sample scale and shift (FiLM).
+BatchNorm removes each channel's mean and scale over the batch, and a batch may hold one
+patient's tiles, which share c: a condition that scales or shifts channels before the norm is
+then the same for every sample and is normalised away exactly.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import UserError
+
+NORMS = ("batch", "instance", "group", "none")
+SLOPE = 0.2  # LeakyReLU slope of DCGAN and the study
+
+
+def norm2d(kind: str, channels: int, affine: bool = True) -> nn.Module:
+    """A 2-d normalisation by name; ``affine=False`` where a FiLM supplies scale and shift."""
+    if kind == "batch":
+        return nn.BatchNorm2d(channels, affine=affine)
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=affine)
+    if kind == "group":  # per sample, so safe at any batch composition
+        return nn.GroupNorm(math.gcd(32, channels), channels, affine=affine)
+    if kind == "none":
+        return nn.Identity()
+    raise UserError(f"unknown norm {kind!r}; expected one of {', '.join(NORMS)}")
+
+
+def check_size(image_size: int, blocks: int) -> int:
+    """The spatial size after `blocks` halvings: image_size / 2^blocks, which must be whole."""
+    if image_size % 2**blocks:
+        raise UserError(f"image_size {image_size} is not divisible by 2^{blocks} = {2**blocks}")
+    return image_size // 2**blocks
+
+
+def down(c_in: int, c_out: int, norm: str = "batch") -> nn.Sequential:
+    """Conv2d 4x4 stride 2 + norm + LeakyReLU: (B, c_in, H, W) -> (B, c_out, H/2, W/2)."""
+    # No bias before a norm: the norm's mean subtraction would cancel it.
+    conv = nn.Conv2d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none")
+    return nn.Sequential(conv, norm2d(norm, c_out), nn.LeakyReLU(SLOPE))
+
+
+class DownStack(nn.Module):
+    """x (B, 3, S, S) -> [h_1, ..., h_n], h_k (B, channels[k-1], S/2^k, S/2^k).
+
+    The first block is never normalised, as in DCGAN (normalising the layer that reads the image
+    destabilised training there; a per-sample norm would also discard the stain's absolute colour).
+    """
+
+    def __init__(self, channels: tuple[int, ...], norm: str = "batch", in_channels: int = 3):
+        super().__init__()
+        widths = (in_channels, *channels)
+        pairs = enumerate(zip(widths[:-1], widths[1:]))
+        self.blocks = nn.ModuleList(down(a, b, norm if k else "none") for k, (a, b) in pairs)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        features = []
+        for block in self.blocks:
+            x = block(x)
+            features.append(x)
+        return features
+
+    def out_features(self, image_size: int) -> int:
+        """Length of the flattened last map: C_n * (S / 2^n)^2."""
+        side = check_size(image_size, len(self.blocks))
+        return self.blocks[-1][0].out_channels * side * side
+
+
+class FiLM(nn.Module):
+    """h * (1 + gamma(s)) + beta(s), per sample and channel: the condition s after the norm.
+
+    Zero-initialised, so every block starts as the identity and learns how much s should matter.
+    """
+
+    def __init__(self, cond_dim: int, channels: int):
+        super().__init__()
+        self.proj = nn.Linear(cond_dim, 2 * channels)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        # h (B, C, H, W), s (B, cond_dim) -> gamma, beta (B, C, 1, 1)
+        gamma, beta = self.proj(s)[:, :, None, None].chunk(2, dim=1)
+        return h * (1 + gamma) + beta
+
+
+class UpBlock(nn.Module):
+    """ConvTranspose2d 4x4/2 + norm + FiLM(s) + LeakyReLU: (B, C, H, W) -> (B, C', 2H, 2W)."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, norm: str = "batch"):
+        super().__init__()
+        self.conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none")
+        self.norm = norm2d(norm, c_out, affine=False)
+        self.film = FiLM(cond_dim, c_out)
+
+    def forward(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return F.leaky_relu(self.film(self.norm(self.conv(h)), s), SLOPE)
+
+
+class UpDecoder(nn.Module):
+    """(z, e) -> x in [-1, 1] (B, 3, S, S): s = [z, e] projected to (C_0, S/2^n, S/2^n), upsampled.
+
+    With ``channels = (C_0, ..., C_{n-1})`` the n transposed convs map C_0 -> ... -> C_{n-1} -> 3,
+    the last one followed by Tanh. s reaches every resolution through FiLM: these are the
+    generator's skip connections from the condition, so the RNA cannot fade with depth.
+    """
+
+    def __init__(self, image_size: int, z_dim: int, e_dim: int, channels: tuple, norm="batch"):
+        super().__init__()
+        cond = z_dim + e_dim
+        self.side = check_size(image_size, len(channels))
+        self.project = nn.Linear(cond, channels[0] * self.side**2)
+        self.norm0 = norm2d(norm, channels[0], affine=False)
+        self.film0 = FiLM(cond, channels[0])
+        pairs = zip(channels[:-1], channels[1:])
+        self.blocks = nn.ModuleList(UpBlock(a, b, cond, norm) for a, b in pairs)
+        self.out = nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1)
+
+    def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        s = torch.cat([z, e], dim=1)  # (B, z_dim + e_dim)
+        h = self.project(s).view(s.shape[0], -1, self.side, self.side)  # (B, C_0, S/2^n, S/2^n)
+        h = F.leaky_relu(self.film0(self.norm0(h), s), SLOPE)
+        for block in self.blocks:
+            h = block(h, s)
+        return torch.tanh(self.out(h))
+
+
+def gaussian(shape: tuple[int, ...], generator: torch.Generator | None, device) -> torch.Tensor:
+    """N(0, I) noise drawn from `generator` (on its own device), then moved to `device`."""
+    where = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=where).to(device)

@@ -1,0 +1,182 @@
+"""The cGAN, cVAE and hybrid against the contract: steps, over-fitting, sampling, presets."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from rna2histo.errors import UserError
+from rna2histo.models.cgan import CGAN
+from rna2histo.models.cvae import CVAE
+from rna2histo.models.hybrid import Hybrid, resolve_perceptual
+from rna2histo.nets.conv import UpBlock
+from rna2histo.train import Step
+from rna2histo.weights import lpips_weights_path
+
+MODELS = [CGAN, CVAE, Hybrid]
+GENES, SIZE = 50, 32
+CPU = torch.device("cpu")
+ids = pytest.mark.parametrize("model_cls", MODELS, ids=lambda m: m.name)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    # Other test runs share the machine; one thread is also faster at these sizes.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def build(model_cls, preset="small", **overrides):
+    if model_cls is Hybrid:
+        overrides.setdefault("perceptual", "none")
+    torch.manual_seed(0)
+    fields = {"n_genes": GENES, "image_size": SIZE, **overrides}
+    return model_cls(model_cls.Config.preset(preset, **fields))
+
+
+def tiles(n=8, seed=0):
+    """A batch of n tiles, one per patient: a distinct mean colour plus a smooth pattern."""
+    g = torch.Generator().manual_seed(seed)
+    colour = torch.rand(n, 3, 1, 1, generator=g) * 1.4 - 0.7
+    pattern = F.interpolate(torch.rand(n, 3, 4, 4, generator=g) * 2 - 1, size=SIZE, mode="bilinear")
+    x = (colour + 0.25 * pattern).clamp(-1, 1)  # (n, 3, S, S)
+    return x, torch.randn(n, GENES, generator=g), torch.arange(n)
+
+
+class RecordingStep(Step):
+    """A `Step` that notes which top-level parts of `model` each named optimiser moved."""
+
+    def __init__(self, model, optimizers):
+        super().__init__(optimizers, CPU)
+        self.model, self.moved = model, {}
+
+    def __call__(self, name, loss):
+        before = {n: p.detach().clone() for n, p in self.model.named_parameters()}
+        value = super().__call__(name, loss)
+        params = self.model.named_parameters()
+        self.moved[name] = {n.split(".")[0] for n, p in params if not torch.equal(p, before[n])}
+        return value
+
+
+PARTS = {  # which optimiser moves which parts
+    "cgan": {"d": {"discriminator"}, "g": {"generator"}},
+    "cvae": {"main": {"rna", "encoder", "decoder"}},
+    "hybrid": {"d": {"discriminator"}, "g": {"rna", "encoder", "decoder"}},
+}
+
+
+@ids
+def test_one_step_moves_every_part_through_the_contract(model_cls):
+    model = build(model_cls)
+    opts = model.configure_optimizers(epochs=3)
+    step = RecordingStep(model, opts)
+    out = model.training_step(tiles(4), step)
+    assert out and all(isinstance(v, float) and math.isfinite(v) for v in out.values())
+    assert step.moved == PARTS[model_cls.name]
+    assert list(step.moved) == list(PARTS[model_cls.name])  # D steps before G
+    for _, schedule in opts.values():
+        schedule.step()
+    val = model.eval().validation_step(tiles(4, seed=1))
+    assert math.isfinite(val["loss"]) and all(isinstance(v, float) for v in val.values())
+
+
+@ids
+def test_sample_is_seeded_in_range_and_follows_c(model_cls):
+    model = build(model_cls).eval()
+    _, c, _ = tiles(3)
+
+    def draw(cond, seed):
+        return model.sample(cond, torch.Generator().manual_seed(seed))
+
+    def change(y):  # relative: untrained outputs are small
+        return (y - x).abs().mean() / x.abs().mean()
+
+    x = draw(c, 1)
+    assert x.shape == (3, 3, SIZE, SIZE)
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x, draw(c, 1))
+    assert change(draw(c, 2)) > 0.05  # other noise, other images
+    assert change(draw(c.roll(1, 0), 1)) > 0.05  # same noise, other RNA
+
+
+def test_condition_enters_after_batchnorm():
+    """A training batch of one patient's tiles: a FiLM before BatchNorm would be normalised away."""
+    torch.manual_seed(0)
+    block = UpBlock(8, 8, cond_dim=4, norm="batch").train()
+    nn.init.normal_(block.film.proj.weight, 0.0, 0.1)  # as after some training: 1 + gamma > 0
+    h, s = torch.randn(4, 8, 4, 4), torch.randn(2, 4)
+    one, other = s[[0, 0, 0, 0]], s[[1, 1, 1, 1]]  # (4, 4): one patient per batch
+    assert (block(h, one) - block(h, other)).abs().mean() > 0.05
+    before = [block.norm(block.film(block.conv(h), cond)) for cond in (one, other)]
+    assert torch.allclose(*before, atol=1e-3)  # the order this block avoids
+
+
+@pytest.mark.parametrize("model_cls", [CVAE, Hybrid], ids=lambda m: m.name)
+def test_vae_models_overfit_a_handful_of_tiles(model_cls):
+    lr = {"lr": 1e-3} if model_cls is CVAE else {"lr_g": 1e-3, "lr_d": 1e-3}  # a few dozen steps
+    model = build(model_cls, **lr)
+    batch, step = tiles(8), Step(model.configure_optimizers(1), CPU)
+    first = model.training_step(batch, step)["recon"]
+    for _ in range(30):
+        last = model.training_step(batch, step)["recon"]
+    assert last < 0.5 * first
+
+
+def test_cgan_learns_each_conditions_colour():
+    """G(z, c_i) takes on tile i's mean colour: far closer than at the start or with c shuffled."""
+    model = build(CGAN, lr_g=1e-3, lr_d=1e-3)
+    x, c, p = tiles(8)
+    step = Step(model.configure_optimizers(1), CPU)
+
+    def colour_error(cond):  # mean distance of mean RGB, (8, 3) vs (8, 3)
+        fake = model.sample(cond, torch.Generator().manual_seed(1))
+        return float((fake.mean((2, 3)) - x.mean((2, 3))).norm(dim=1).mean())
+
+    start = colour_error(c)
+    for _ in range(120):
+        model.training_step((x, c, p), step)
+    end = colour_error(c)
+    assert end < 0.5 * start
+    assert end < 0.5 * colour_error(c.roll(1, 0))
+
+
+def test_hybrid_perceptual_modes(monkeypatch, tmp_path):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # a torch hub without the AlexNet download
+    assert not build(Hybrid, perceptual="none").perceptual_active
+    assert not build(Hybrid, perceptual="auto").perceptual_active
+    with pytest.raises(UserError, match="weights download"):
+        build(Hybrid, perceptual="lpips")
+    with pytest.raises(UserError, match="perceptual"):
+        build(Hybrid, perceptual="vgg")
+
+    model = build(Hybrid, perceptual="lpips-random")  # the real lpips code path, offline
+    assert model.perceptual_active
+    assert model.state_dict().keys() == build(Hybrid, perceptual="none").state_dict().keys()
+    assert not any(p.requires_grad for p in model.lpips_net.parameters())
+    out = model.training_step(tiles(4), Step(model.configure_optimizers(1), CPU))
+    assert out["perc"] > 0
+
+    lpips_weights_path().parent.mkdir(parents=True)
+    lpips_weights_path().touch()
+    assert resolve_perceptual("auto") == "lpips"
+
+
+@ids
+def test_presets_sizes(model_cls):
+    extra = {"perceptual": "none"} if model_cls is Hybrid else {}
+    with torch.device("meta"):  # no memory for the ~130M thesis parameters
+        thesis = model_cls(model_cls.Config.preset("thesis", n_genes=16383, **extra))
+        small = model_cls(model_cls.Config.preset("small", n_genes=2000, image_size=64, **extra))
+    counts = thesis.parameter_counts()
+    print(model_cls.name, "thesis", counts, "study", model_cls.STUDY_PARAMETERS)
+    for part, study in model_cls.STUDY_PARAMETERS.items():
+        assert study / 1.5 < counts[part] < 1.5 * study
+    assert all(2e5 < n < 2.5e6 for n in small.parameter_counts().values())
+    with pytest.raises(UserError, match="divisible"):
+        build(model_cls, image_size=40)

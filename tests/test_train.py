@@ -1,0 +1,121 @@
+"""The shared loop, run folders, resume, non-finite losses and generation, on a real small model."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from rna2histo.generate import generate, load_run
+from rna2histo.models import model_class
+from rna2histo.runs import load_checkpoint
+from rna2histo.errors import UserError
+from rna2histo.train import NonFiniteLoss, Trainer, fit
+
+from .conftest import write_tiny_cohort
+
+FAST = dict(model="cvae", batch_size=8, device="cpu", progress=False, sample_patients=2)
+
+
+@pytest.fixture(scope="module")
+def cohort_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train") / "cohort"
+    write_tiny_cohort(out, patients=10, tiles_per_patient=4, size=32, genes=24)
+    return out
+
+
+def test_run_folder_layout(cohort_dir, tmp_path):
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "run", epochs=2, ckpt_every=2, **FAST)
+    names = sorted(p.name for p in (run / "checkpoints").iterdir())
+    assert names == ["best.pt", "epoch_002.pt", "last.pt"]
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert list(metrics.epoch) == [1, 2] and {"train_loss", "val_loss", "lr_main"} <= set(metrics.columns)
+    assert sorted(p.name for p in (run / "samples").iterdir()) == ["epoch_001.png", "epoch_002.png"]
+    assert (run / "params.json").exists()
+    # plain values only: loads with weights_only=True, never unpickles a module
+    state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and state["model"] == "cvae"
+    assert {"state_dict", "optimizers", "scaler", "normaliser", "config", "format_version"} <= set(state)
+
+
+def interrupt_after(monkeypatch, epochs_done):
+    """Fault injection: Ctrl-C at the start of the epoch after `epochs_done`."""
+    original = Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == epochs_done:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
+
+
+@pytest.mark.parametrize("model", ["cvae", "cgan"])  # step-decay and cosine schedules
+def test_resume_equals_an_uninterrupted_run(cohort_dir, tmp_path, monkeypatch, model):
+    fast = {**FAST, "model": model}
+    straight = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "a", epochs=3, **fast)
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cohort_dir=cohort_dir, run_dir=tmp_path / "b", epochs=3, **fast)
+    resumed = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "b", epochs=3, resume=True, **fast)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert list(pd.read_csv(resumed / "metrics.csv").epoch) == [1, 2, 3]
+
+
+def test_resume_refuses_another_model_config_or_schedule(cohort_dir, tmp_path):
+    fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=1, **FAST)
+    with pytest.raises(UserError, match="cannot resume: .* different model or config"):
+        fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=1, resume=True, z_dim=7, **FAST)
+    with pytest.raises(UserError, match="cannot resume: .* for 1 epochs"):
+        fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=2, resume=True, **FAST)
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cohort_dir, tmp_path, monkeypatch):
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            fit(cohort_dir=cohort_dir, run_dir=tmp_path / "nan", epochs=3, **FAST)
+    run = tmp_path / "nan"
+    cls = model_class("cvae")
+    original = cls.training_step
+
+    def poisoned(self, batch, step):  # fault injection: a NaN image reaches the real loss
+        x, c, p = batch
+        return original(self, (x * float("nan"), c, p), step)
+
+    monkeypatch.setattr(cls, "training_step", poisoned)
+    with pytest.raises(NonFiniteLoss, match=r"last good checkpoint: .*last.pt \(epoch 1\)"):
+        fit(cohort_dir=cohort_dir, run_dir=run, epochs=3, resume=True, **FAST)
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["epoch"] == 1
+
+
+def test_generate_from_a_run(cohort_dir, tmp_path):
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "g", epochs=1, **FAST)
+    loaded = load_run(run)
+    rna = pd.read_parquet(cohort_dir / "rna.parquet").iloc[:3]
+    images, index, alignment = generate(loaded, rna, n=2, seed=1)
+    assert images.shape == (6, 32, 32, 3) and images.dtype == np.uint8
+    assert list(index.patient_id) == [p for p in rna.index for _ in range(2)]
+    again, _, _ = generate(loaded, rna, n=2, seed=1)
+    assert np.array_equal(images, again)
+    assert alignment["genes_missing_filled_with_median"] == 0
+
+    # the command line, with a profile that lacks a gene and has an extra one
+    table = rna.drop(columns=["G0"]).assign(NOT_A_GENE=1.0)
+    table.to_csv(tmp_path / "new.csv")
+    out = tmp_path / "tiles"
+    result = subprocess.run(
+        [sys.executable, "-m", "rna2histo", "generate", "--run", str(run), "--rna", str(tmp_path / "new.csv"),
+         "--n", "2", "--out", str(out), "--seed", "3"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "1 missing" in result.stdout and "1 extra ignored" in result.stdout
+    index = pd.read_csv(out / "index.csv")
+    assert len(index) == 6 and all((out / f).exists() for f in index.file)
