@@ -118,12 +118,32 @@ def _run_generate(args) -> None:
     )
 
 
+def _weights_command(sub) -> None:
+    weights = sub.add_parser("weights", help="pretrained weights for LPIPS and FID/KID")
+    weights.add_argument("action", choices=["status", "download"])
+    weights.add_argument("names", nargs="*", help="which (default: all): alexnet, inception")
+    weights.set_defaults(run=_run_weights)
+
+
+def _run_weights(args) -> None:
+    from . import weights
+
+    if args.action == "download":
+        for path in weights.download(args.names or None):
+            print(f"ok  {path}")
+        return
+    for row in weights.status():
+        mark = "present" if row["present"] else f"missing (run: {weights.DOWNLOAD_COMMAND})"
+        print(f"{row['weights']:<10} {mark}\n           for {row['used by']}\n           at {row['path']}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
     _cohort_commands(sub)
     _book_command(sub)
     _generate_command(sub)
+    _weights_command(sub)
     return top
 
 
