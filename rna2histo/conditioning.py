@@ -13,6 +13,7 @@ gives D_rna ~ D_shuffled ~ 0, and one that reacts to single genes at random give
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 
@@ -27,6 +28,7 @@ def _pairwise_difference(images: torch.Tensor) -> float:
 @torch.no_grad()
 def conditioning_difference(model, c: torch.Tensor, n_noise: int = 4, seed: int = 0, **sample_kw) -> dict:
     """D_rna and its shuffled-gene baseline for profiles c (P, G), with `n_noise` shared noises."""
+    c = torch.tensor(np.array(c, dtype=np.float32))
     if len(c) < 2:
         raise ValueError("the conditioning check needs at least two patients")
     device = next(model.parameters()).device

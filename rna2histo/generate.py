@@ -74,3 +74,13 @@ def write_tiles(images: np.ndarray, index: pd.DataFrame, out: str | Path) -> pd.
         Image.fromarray(image).save(out / name)
     index.to_csv(out / "index.csv", index=False)
     return index
+
+
+def real_and_generated(run: LoadedRun, cohort, split: str = "val", patients: int = 4, n: int = 6, seed: int = 0):
+    """For the first `patients` of a split: {patient: real tiles}, {patient: generated tiles}, uint8."""
+    ids = cohort.patients(split)[:patients]
+    table = cohort.tiles_table["patient_id"].to_numpy()
+    real = {p: np.asarray(cohort.tiles[np.flatnonzero(table == p)[:n]]) for p in ids}
+    images, index, _ = generate(run, cohort.rna.loc[ids], n=n, seed=seed)
+    generated = {p: images[(index.patient_id == p).to_numpy()] for p in ids}
+    return real, generated

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
+from tqdm import tqdm
 
 from .cohort import load_cohort
 from .data import TileDataset, make_loader, to_uint8
@@ -115,6 +115,7 @@ class Trainer:
     epoch: int = 0
     best_val: float = math.inf
     history: list = field(default_factory=list)
+    bar: tqdm | None = None
 
     def __post_init__(self):
         self.optimizers = self.model.configure_optimizers(self.params["epochs"])
@@ -162,14 +163,19 @@ class Trainer:
         loader = make_loader(self.train, self.params["batch_size"], shuffle=True, seed=seed,
                              workers=self.params["workers"], drop_last=len(self.train) > self.params["batch_size"])
         totals: dict[str, float] = {}
-        bar = tqdm(loader, desc=f"epoch {self.epoch + 1}/{self.params['epochs']}", leave=False,
-                   disable=not self.params["progress"])
-        for n, batch in enumerate(bar, start=1):
+        if self.bar is None:  # one bar for the whole run, redrawn at most every few seconds
+            steps = len(loader)
+            self.bar = tqdm(total=steps * self.params["epochs"], initial=steps * self.epoch, unit="step",
+                            mininterval=5, disable=not self.params["progress"], desc=self.model.name)
+        bar = self.bar
+        for n, batch in enumerate(loader, start=1):
             metrics = self.model.training_step(self.to_device(batch), self.step)
             self.model.on_step_end()
             for k, v in metrics.items():
                 totals[k] = totals.get(k, 0.0) + v
-            bar.set_postfix({k: f"{v / n:.3f}" for k, v in list(totals.items())[:3]})
+            bar.update()
+            bar.set_postfix({"epoch": self.epoch + 1, **{k: f"{v / n:.3f}" for k, v in list(totals.items())[:2]}},
+                            refresh=False)
         for _, sched in self.optimizers.values():
             if sched is not None:
                 sched.step()
@@ -253,6 +259,13 @@ def fit(
     except NonFiniteLoss as err:
         kept = f"last good checkpoint: {last} (epoch {trainer.epoch})" if last.exists() else "no checkpoint yet"
         raise NonFiniteLoss(f"{trainer.run_dir}: {err} in epoch {trainer.epoch + 1}; {kept}") from None
+    finally:
+        if trainer.bar is not None:
+            trainer.bar.close()
+    if params["progress"]:
+        best = min(trainer.history, key=lambda r: r["val_loss"])
+        print(f"{model}: {epochs} epochs on {params['device_used']}; best val_loss {best['val_loss']:.4f} "
+              f"at epoch {best['epoch']}; run in {trainer.run_dir}")
     return trainer.run_dir
 
 

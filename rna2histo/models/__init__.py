@@ -29,3 +29,29 @@ def build_model(name: str, model_size: str = "small", **config) -> Generator:
     """A freshly initialised model from a preset, with config fields overridden by `config`."""
     cls = model_class(name)
     return cls(cls.Config.preset(model_size, **config))
+
+
+STUDY_GENES = 16_383  # genes the reference study kept after cleaning
+STUDY_IMAGE_SIZE = 128
+
+
+def architecture_table(name: str, n_genes: int, image_size: int) -> "pd.DataFrame":
+    """Parameter counts of both presets next to the study's (thesis at the study's 16,383 genes, 128 px).
+
+    Models are built on the meta device: counting a 70M-parameter network allocates nothing.
+    """
+    import pandas as pd
+    import torch
+
+    cls = model_class(name)
+    extra = {"perceptual": "none"} if "perceptual" in cls.Config.__dataclass_fields__ else {}
+    with torch.device("meta"):
+        small = build_model(name, "small", n_genes=n_genes, image_size=image_size, **extra)
+        thesis = build_model(name, "thesis", n_genes=STUDY_GENES, image_size=STUDY_IMAGE_SIZE, **extra)
+    rows = {
+        f"small ({n_genes} genes, {image_size} px)": small.parameter_counts(),
+        f"thesis ({STUDY_GENES} genes, {STUDY_IMAGE_SIZE} px)": thesis.parameter_counts(),
+        "the study": cls.STUDY_PARAMETERS,
+    }
+    table = pd.DataFrame(rows).T
+    return table.map(lambda v: "-" if pd.isna(v) else f"{int(v):,}")

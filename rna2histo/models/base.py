@@ -93,3 +93,23 @@ def init_weights(module: nn.Module) -> None:
 
 def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def tile_statistics(x: torch.Tensor) -> torch.Tensor:
+    """Per-tile summary (B, 12): channel means and stds, and mean |gradient| per channel at 1x and 1/2x.
+
+    Colour, contrast and texture scale: cheap, weight-free, and comparable between a generated
+    tile and a real tile of the same patient, which pixels are not.
+    """
+    feats = [x.mean((2, 3)), x.std((2, 3))]
+    for image in (x, torch.nn.functional.avg_pool2d(x, 2)):
+        dx = (image[..., :, 1:] - image[..., :, :-1]).abs().mean((2, 3))
+        dy = (image[..., 1:, :] - image[..., :-1, :]).abs().mean((2, 3))
+        feats.append((dx + dy) / 2)
+    return torch.cat(feats, dim=1)
+
+
+def statistics_error(fake: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """Mean |s(fake_i) - s(real_i)| over tiles and statistics, pairing each fake with a real tile
+    of the same patient: the validation score of generators without a likelihood (the GANs)."""
+    return (tile_statistics(fake.float()) - tile_statistics(real.float())).abs().mean()

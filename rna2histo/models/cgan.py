@@ -21,7 +21,7 @@ from torch import nn
 
 from ..nets.conv import DownStack, UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
-from .base import Generator, ModelConfig, count_parameters, init_weights
+from .base import Generator, ModelConfig, count_parameters, init_weights, statistics_error
 
 
 @dataclass
@@ -177,18 +177,19 @@ class CGAN(Generator):
 
     @torch.no_grad()
     def validation_step(self, batch) -> dict[str, float]:
-        """L_D + L_G on held-out patients with fixed noise: a health check, not a quality score.
+        """Tile-statistics error on held-out patients with fixed noise, plus the game's losses.
 
-        A GAN has no loss that falls as its images improve. The sum is finite and stays near its
-        value at the game's equilibrium (D = 1/2 everywhere: 3 ln 2 ~ 2.08 with these labels)
-        while neither side wins; a drift shows one network overpowering the other on new
-        patients. Image quality is judged by the metrics chapter (FID, LPIPS), not by this.
+        A GAN has no loss that falls as its images improve, so ``loss`` (which picks the ``best``
+        checkpoint) is `statistics_error`: colour, contrast and texture of each generated tile
+        against a real tile of the same patient. L_D + L_G are reported too, as a health check:
+        they stay near the equilibrium value (D = 1/2: 3 ln 2 ~ 2.08 with these labels) while
+        neither side wins.
         """
         x, c, _ = batch
         fixed = torch.Generator(device=c.device).manual_seed(0)
         fake = self.generator(gaussian((x.shape[0], self.cfg.z_dim), fixed, c.device), c)
         d = {k: float(v) for k, v in self.losses(x, fake, c).items()}
-        return {"loss": d["loss_d"] + d["loss_g"], **d}
+        return {"loss": float(statistics_error(fake, x)), "game": d["loss_d"] + d["loss_g"], **d}
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, generator: torch.Generator | None = None, **kw):
