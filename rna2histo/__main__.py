@@ -1,6 +1,7 @@
 """The command line: ``python -m rna2histo <command> ...``.
 
-Every command is a thin wrapper over a module function a chapter can call too. Bad input ends
+Every command is a thin wrapper over a module function a chapter can call too. Relative paths
+are taken from the working directory here (chapters take them from the repository root). Bad input ends
 with one line on stderr (``error: <where>: <what>``) and exit status 2, never a traceback.
 """
 
@@ -8,9 +9,14 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .errors import UserError
-from .paths import resolve
+
+
+def resolve(path) -> Path:
+    """On the command line, relative paths are the shell's: relative to the working directory."""
+    return Path(path).expanduser().resolve()
 
 
 def _cohort_commands(sub) -> None:
