@@ -55,21 +55,12 @@ lr_g = 2e-4  # generator learning rate (the study: 5e-5, too slow for a CPU budg
 lr_d = 2e-4  # discriminator learning rate (the study: 2e-4)
 
 # %%
-import pandas as pd
-
-from rna2histo import plots
-from rna2histo.book import ensure_cohort
-from rna2histo.conditioning import conditioning_difference
-from rna2histo.generate import load_run, real_and_generated
+from rna2histo import chapter
 from rna2histo.models import architecture_table
-from rna2histo.paths import resolve
-from rna2histo.rna import fit_on_training
 from rna2histo.train import fit
 
 # %%
-cohort = ensure_cohort(cohort_dir, image_size)
-n_genes = fit_on_training(cohort).n_genes
-print(f"{len(cohort.tiles)} tiles of {len(cohort.patients())} patients, {n_genes} genes after preprocessing")
+cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
 # %% [markdown]
 # ## The architecture
@@ -118,11 +109,8 @@ run = fit(
 # held-out patient.
 
 # %%
-metrics = pd.read_csv(resolve(run_dir) / "metrics.csv")
-fig = plots.loss_curves(metrics)
-
-# %% tags=["nbval-ignore-output"]
-metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(3)
+fig, last_epochs = chapter.training_report(run_dir)
+last_epochs
 
 # %% [markdown]
 # ## Real and generated tiles
@@ -130,9 +118,7 @@ metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(3)
 # with the `best` checkpoint on the right.
 
 # %%
-trained = load_run(resolve(run_dir), "best")
-real, generated = real_and_generated(trained, cohort, "val", patients=4, n=6, seed=seed)
-fig = plots.real_vs_generated(real, generated, n=6)
+trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 
 # %% [markdown]
 # ## Does it listen to the RNA?
@@ -143,8 +129,7 @@ fig = plots.real_vs_generated(real, generated, n=6)
 # more to real profiles than to shuffled ones: a ratio clearly above 1.
 
 # %% tags=["nbval-ignore-output"]
-c = trained.normaliser.transform(cohort.rna.loc[cohort.patients("val") + cohort.patients("test")])[0]
-pd.Series(conditioning_difference(trained.model, c.to_numpy(), n_noise=4, seed=seed)).round(4)
+chapter.conditioning(trained, cohort, seed=seed)
 
 # %% [markdown]
 # ## Summary

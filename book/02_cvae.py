@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -51,21 +53,12 @@ beta = 0.1  # KL weight per pixel value (2 sigma_x^2; 0.1 means sigma_x ~ 0.22)
 lr = 1e-4  # Adam learning rate (the study: 1e-4)
 
 # %%
-import pandas as pd
-
-from rna2histo import plots
-from rna2histo.book import ensure_cohort
-from rna2histo.conditioning import conditioning_difference
-from rna2histo.generate import load_run, real_and_generated
+from rna2histo import chapter
 from rna2histo.models import architecture_table
-from rna2histo.paths import resolve
-from rna2histo.rna import fit_on_training
 from rna2histo.train import fit
 
 # %%
-cohort = ensure_cohort(cohort_dir, image_size)
-n_genes = fit_on_training(cohort).n_genes
-print(f"{len(cohort.tiles)} tiles of {len(cohort.patients())} patients, {n_genes} genes after preprocessing")
+cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
 # %% [markdown]
 # ## The architecture
@@ -104,11 +97,8 @@ run = fit(
 # Reconstruction falls steadily; the KL term rises as the encoder starts to use the latent.
 
 # %%
-metrics = pd.read_csv(resolve(run_dir) / "metrics.csv")
-fig = plots.loss_curves(metrics)
-
-# %% tags=["nbval-ignore-output"]
-metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
+fig, last_epochs = chapter.training_report(run_dir)
+last_epochs
 
 # %% [markdown]
 # ## Real and generated tiles
@@ -118,9 +108,7 @@ metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
 # the cVAE comes from this blur, not from realism.
 
 # %%
-trained = load_run(resolve(run_dir), "best")
-real, generated = real_and_generated(trained, cohort, "val", patients=4, n=6, seed=seed)
-fig = plots.real_vs_generated(real, generated, n=6)
+trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 
 # %% [markdown]
 # ## Does it listen to the RNA?
@@ -128,8 +116,7 @@ fig = plots.real_vs_generated(real, generated, n=6)
 # patients' RNA, next to the same for gene-shuffled profiles (see the cGAN chapter).
 
 # %% tags=["nbval-ignore-output"]
-c = trained.normaliser.transform(cohort.rna.loc[cohort.patients("val") + cohort.patients("test")])[0]
-pd.Series(conditioning_difference(trained.model, c.to_numpy(), n_noise=4, seed=seed)).round(4)
+chapter.conditioning(trained, cohort, seed=seed)
 
 # %% [markdown]
 # ## Summary

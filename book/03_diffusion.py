@@ -59,21 +59,12 @@ cond_dropout = 0.1  # probability of training without the RNA (enables guidance)
 lr = 1e-4  # AdamW learning rate (the study: 1e-4)
 
 # %%
-import pandas as pd
-
-from rna2histo import plots
-from rna2histo.book import ensure_cohort
-from rna2histo.conditioning import conditioning_difference
-from rna2histo.generate import load_run, real_and_generated
+from rna2histo import chapter
 from rna2histo.models import architecture_table
-from rna2histo.paths import resolve
-from rna2histo.rna import fit_on_training
 from rna2histo.train import fit
 
 # %%
-cohort = ensure_cohort(cohort_dir, image_size)
-n_genes = fit_on_training(cohort).n_genes
-print(f"{len(cohort.tiles)} tiles of {len(cohort.patients())} patients, {n_genes} genes after preprocessing")
+cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
 # %% [markdown]
 # ## The architecture
@@ -115,11 +106,8 @@ run = fit(
 # $t$, where the noise is hard to tell from texture.
 
 # %%
-metrics = pd.read_csv(resolve(run_dir) / "metrics.csv")
-fig = plots.loss_curves(metrics)
-
-# %% tags=["nbval-ignore-output"]
-metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
+fig, last_epochs = chapter.training_report(run_dir)
+last_epochs
 
 # %% [markdown]
 # ## Real and generated tiles
@@ -129,9 +117,7 @@ metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
 # show the model.
 
 # %%
-trained = load_run(resolve(run_dir), "best")
-real, generated = real_and_generated(trained, cohort, "val", patients=4, n=6, seed=seed)
-fig = plots.real_vs_generated(real, generated, n=6)
+trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 
 # %% [markdown]
 # ## Does it listen to the RNA?
@@ -139,8 +125,7 @@ fig = plots.real_vs_generated(real, generated, n=6)
 # given the noise), next to gene-shuffled profiles (see the cGAN chapter).
 
 # %% tags=["nbval-ignore-output"]
-c = trained.normaliser.transform(cohort.rna.loc[cohort.patients("val") + cohort.patients("test")])[0]
-pd.Series(conditioning_difference(trained.model, c.to_numpy(), n_noise=4, seed=seed)).round(4)
+chapter.conditioning(trained, cohort, seed=seed)
 
 # %% [markdown]
 # ## Summary

@@ -5,6 +5,8 @@
 #     text_representation:
 #       extension: .py
 #       format_name: percent
+#       format_version: '1.3'
+#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -54,21 +56,12 @@ lr_g = 2e-4  # encoder and decoder learning rate (the study: 5e-5, too slow for 
 lr_d = 2e-4  # discriminator learning rate (the study: 2e-4)
 
 # %%
-import pandas as pd
-
-from rna2histo import plots
-from rna2histo.book import ensure_cohort
-from rna2histo.conditioning import conditioning_difference
-from rna2histo.generate import load_run, real_and_generated
+from rna2histo import chapter
 from rna2histo.models import architecture_table
-from rna2histo.paths import resolve
-from rna2histo.rna import fit_on_training
 from rna2histo.train import fit
 
 # %%
-cohort = ensure_cohort(cohort_dir, image_size)
-n_genes = fit_on_training(cohort).n_genes
-print(f"{len(cohort.tiles)} tiles of {len(cohort.patients())} patients, {n_genes} genes after preprocessing")
+cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
 # %% [markdown]
 # ## The architecture
@@ -101,11 +94,6 @@ run = fit(
     lr_d=lr_d,
 )
 
-# %%
-trained = load_run(resolve(run_dir), "best")
-state = "on (LPIPS, AlexNet)" if trained.model.perceptual_active else "OFF: the AlexNet weights are not on this machine"
-print(f"perceptual term: {state}")
-
 # %% [markdown]
 # ## Losses
 # The validation loss is the VAE side's reconstruction objective on held-out patients
@@ -113,11 +101,8 @@ print(f"perceptual term: {state}")
 # adversarial terms are left out because they measure the opponent as much as the images.
 
 # %%
-metrics = pd.read_csv(resolve(run_dir) / "metrics.csv")
-fig = plots.loss_curves(metrics)
-
-# %% tags=["nbval-ignore-output"]
-metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
+fig, last_epochs = chapter.training_report(run_dir)
+last_epochs
 
 # %% [markdown]
 # ## Real and generated tiles
@@ -125,8 +110,15 @@ metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
 # patient's RNA on the right (`best` checkpoint).
 
 # %%
-real, generated = real_and_generated(trained, cohort, "val", patients=4, n=6, seed=seed)
-fig = plots.real_vs_generated(real, generated, n=6)
+trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
+
+# %% [markdown]
+# Whether this run had its perceptual term:
+
+# %%
+mode = trained.checkpoint["params"]["model_notes"]["perceptual"]
+reason = " (the AlexNet weights are not on this machine)" if mode == "none" and perceptual == "auto" else ""
+print(f"perceptual term: {'OFF' if mode == 'none' else mode}{reason}")
 
 # %% [markdown]
 # ## Does it listen to the RNA?
@@ -134,8 +126,7 @@ fig = plots.real_vs_generated(real, generated, n=6)
 # cGAN chapter).
 
 # %% tags=["nbval-ignore-output"]
-c = trained.normaliser.transform(cohort.rna.loc[cohort.patients("val") + cohort.patients("test")])[0]
-pd.Series(conditioning_difference(trained.model, c.to_numpy(), n_noise=4, seed=seed)).round(4)
+chapter.conditioning(trained, cohort, seed=seed)
 
 # %% [markdown]
 # ## Summary

@@ -276,6 +276,7 @@ def _make_trainer(params: dict, options: dict) -> Trainer:
     net = build_model(params["model"], params["model_size"], n_genes=normaliser.n_genes,
                       image_size=cohort.image_size, **options)
     net.initialise()
+    params["model_notes"] = net.run_notes()
     device = pick_device(params["device"])
     params["device_used"] = str(device)
     return Trainer(
@@ -293,6 +294,9 @@ def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     state = load_checkpoint(path, map_location=trainer.device)
     if state["model"] != trainer.model.name or state["config"] != trainer.model.cfg.to_dict():
         raise UserError(f"{path}: cannot resume: it holds a different model or config; use another run_dir")
+    notes = state["params"].get("model_notes", {})
+    if notes != trainer.params["model_notes"]:
+        raise UserError(f"{path}: cannot resume: the run had {notes}, this machine gives {trainer.params['model_notes']}")
     planned = state["params"]["epochs"]
     if planned != trainer.params["epochs"]:
         # the LR schedules were built for the planned length; stretching them would change them

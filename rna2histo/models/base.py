@@ -76,6 +76,11 @@ class Generator(nn.Module):
         """The study's initialisation (the loop calls it once, on a fresh model)."""
         self.apply(init_weights)
 
+    def run_notes(self) -> dict:
+        """Facts about this model that the machine decided (e.g. an optional loss term left off);
+        the loop records them in the run's params.json and checkpoints."""
+        return {}
+
     def on_step_end(self) -> None:
         """Called after every training step (the diffusion model updates its EMA here)."""
 

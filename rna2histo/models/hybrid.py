@@ -134,6 +134,9 @@ class Hybrid(Generator):
         parts = (self.rna, self.encoder, self.decoder)
         return itertools.chain.from_iterable(part.parameters() for part in parts)
 
+    def run_notes(self) -> dict:
+        return {"perceptual": self.perceptual_mode}
+
     def parameter_counts(self) -> dict[str, int]:
         vae = sum(p.numel() for p in self.vae_parameters())
         return {"generator": vae, "discriminator": count_parameters(self.discriminator)}

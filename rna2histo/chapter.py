@@ -1,0 +1,41 @@
+"""The steps every model chapter shares, one call each: data, training report, samples, conditioning."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import plots
+from .book import ensure_cohort
+from .conditioning import conditioning_difference
+from .generate import LoadedRun, load_run, real_and_generated
+from .paths import resolve
+from .rna import fit_on_training
+
+
+def prepare(cohort_dir: str, image_size: int):
+    """The chapter's cohort (built from the embedded default if missing) and its gene count."""
+    cohort = ensure_cohort(cohort_dir, image_size)
+    n_genes = fit_on_training(cohort).n_genes
+    print(f"{len(cohort.tiles)} tiles of {len(cohort.patients())} patients, {n_genes} genes after preprocessing")
+    return cohort, n_genes
+
+
+def training_report(run_dir: str):
+    """Loss curves of a run and the table of its last epochs."""
+    metrics = pd.read_csv(resolve(run_dir) / "metrics.csv")
+    table = metrics.set_index("epoch").filter(regex="^(train|val)_").tail().round(4)
+    return plots.loss_curves(metrics), table
+
+
+def samples(run_dir: str, cohort, which: str = "best", patients: int = 4, n: int = 6, seed: int = 0):
+    """The run's model at checkpoint `which`, and real vs generated tiles of validation patients."""
+    trained = load_run(resolve(run_dir), which)
+    real, generated = real_and_generated(trained, cohort, "val", patients=patients, n=n, seed=seed)
+    return trained, plots.real_vs_generated(real, generated, n=n)
+
+
+def conditioning(trained: LoadedRun, cohort, seed: int = 0, n_noise: int = 4) -> pd.Series:
+    """The conditioning difference over held-out (val and test) patients, with its shuffled baseline."""
+    held_out = cohort.patients("val") + cohort.patients("test")
+    c, _ = trained.normaliser.transform(cohort.rna.loc[held_out])
+    return pd.Series(conditioning_difference(trained.model, c.to_numpy(), n_noise=n_noise, seed=seed)).round(4)
