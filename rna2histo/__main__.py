@@ -143,6 +143,24 @@ def _run_weights(args) -> None:
         print(f"{row['weights']:<10} {mark}\n           for {row['used by']}\n           at {row['path']}")
 
 
+def _segmentation_command(sub) -> None:
+    seg = sub.add_parser("validate-segmentation", help="nuclei segmentation against binary masks")
+    seg.add_argument("--images", required=True, help="H&E images (any format Pillow reads)")
+    seg.add_argument("--masks", required=True, help="binary nuclei masks, same file stems")
+    seg.add_argument("--mpp", type=float, default=0.25, help="microns per pixel (default 0.25, 40x)")
+    seg.set_defaults(run=_run_segmentation)
+
+
+def _run_segmentation(args) -> None:
+    from .morphology import validate_segmentation
+
+    table = validate_segmentation(resolve(args.images), resolve(args.masks), mpp=args.mpp)
+    print(table.round(3).to_string(index=False))
+    summary = table.attrs["summary"]
+    print(f"mean pixel Dice {summary['mean_dice']:.3f}; "
+          f"mean |relative nuclei-count error| {summary['mean_abs_count_error']:.3f}")
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
@@ -150,6 +168,7 @@ def parser() -> argparse.ArgumentParser:
     _book_command(sub)
     _generate_command(sub)
     _weights_command(sub)
+    _segmentation_command(sub)
     return top
 
 
