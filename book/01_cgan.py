@@ -1,12 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     formats: ipynb,py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -108,7 +101,7 @@ run = fit(
 # (mean gradient at two scales) of each generated tile against a real tile of the same
 # held-out patient.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 

@@ -1,12 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     formats: ipynb,py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -96,7 +89,7 @@ run = fit(
 # The validation loss is the training objective on held-out patients, decoding $z = \mu$.
 # Reconstruction falls steadily; the KL term rises as the encoder starts to use the latent.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 

@@ -1,12 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     formats: ipynb,py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -105,7 +98,7 @@ run = fit(
 # noise, so epochs are comparable. It is averaged over all $t$: most of it comes from small
 # $t$, where the noise is hard to tell from texture.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 

@@ -1,12 +1,5 @@
 # ---
 # jupyter:
-#   jupytext:
-#     formats: ipynb,py:percent
-#     text_representation:
-#       extension: .py
-#       format_name: percent
-#       format_version: '1.3'
-#       jupytext_version: 1.19.6
 #   kernelspec:
 #     display_name: Python 3 (ipykernel)
 #     language: python
@@ -100,7 +93,7 @@ run = fit(
 # ($10\,L_1 + 0.5\,\mathrm{KL}$, plus $5\,\mathrm{LPIPS}$ when on), decoding $z = \mu$; the
 # adversarial terms are left out because they measure the opponent as much as the images.
 
-# %%
+# %% tags=["nbval-ignore-output"]
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 
@@ -116,7 +109,7 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # Whether this run had its perceptual term (it depends on the machine, so the tests do not
 # compare this output):
 
-# %%
+# %% tags=["nbval-ignore-output"]
 mode = trained.checkpoint["params"]["model_notes"]["perceptual"]
 reason = " (the AlexNet weights are not on this machine)" if mode == "none" and perceptual == "auto" else ""
 print(f"perceptual term: {'OFF' if mode == 'none' else mode}{reason}")
