@@ -39,6 +39,7 @@ class CGANConfig(ModelConfig):
     lr_g: float = 5e-5
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
+    w_diverse: float = 0.0  # mode-seeking term (Mao et al. 2019); 0 = the study's loss
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "small": {},  # the defaults above: ~1-2M parameters, fast on a CPU at 32-64 px
@@ -172,8 +173,20 @@ class CGAN(Generator):
         with step.autocast():
             fake_logit, _ = self.discriminator(fake, c)  # D after its step, as in DCGAN
             loss_g = bce(fake_logit, self.cfg.real_label)
+            if self.cfg.w_diverse:
+                loss_g = loss_g + self.cfg.w_diverse * self.mode_seeking(fake, z, c)
         out["loss_g"] = step("g", loss_g)
         return out
+
+    def mode_seeking(self, fake, z, c) -> torch.Tensor:
+        """1 / (|G(z1, c) - G(z2, c)| / |z1 - z2|): small when other noise gives other tiles.
+
+        Mao et al. (2019): a conditional generator tends to ignore z (one tile per condition);
+        penalising the inverse ratio of image to noise distance keeps the noise meaningful.
+        """
+        z2 = torch.randn_like(z)
+        ratio = (fake - self.generator(z2, c)).abs().mean() / (z - z2).abs().mean()
+        return 1.0 / (ratio + 1e-5)
 
     @torch.no_grad()
     def validation_step(self, batch) -> dict[str, float]:
