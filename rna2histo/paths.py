@@ -6,6 +6,7 @@ so every relative path a user gives is resolved against the repository root, nev
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -18,3 +19,16 @@ def resolve(path: str | Path) -> Path:
     """An absolute path: absolute input as is, relative input against the repository root."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else ROOT / path
+
+
+def atomic_write(path: Path, write) -> Path:
+    """Call ``write(tmp_path)`` and rename the result onto `path`: a kill leaves the old file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

@@ -16,7 +16,6 @@ and are dropped. New profiles are aligned by gene symbol: missing genes get the 
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import where
+from .paths import atomic_write
 
 MIN_STD = 1e-6  # below this a gene is constant in training (log2 units)
 
@@ -106,11 +106,7 @@ class Normaliser:
 
     def save(self, path: str | Path) -> Path:
         """Write as JSON, atomically (temporary file, then rename)."""
-        path = Path(path)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        tmp.write_text(json.dumps(self.state_dict()))
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(self.state_dict())))
 
     @classmethod
     def load(cls, path: str | Path) -> Normaliser:

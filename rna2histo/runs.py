@@ -13,28 +13,15 @@ written atomically (temporary file, then rename), so a kill leaves the previous 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pandas as pd
 import torch
 
 from .errors import where
+from .paths import atomic_write
 
 CHECKPOINT_VERSION = 1
-
-
-def atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` and rename the result onto `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def save_checkpoint(path: Path, state: dict) -> Path:

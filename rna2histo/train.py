@@ -28,9 +28,9 @@ from .cohort import load_cohort
 from .data import TileDataset, make_loader, to_uint8
 from .errors import UserError
 from .models import Generator, build_model
-from .paths import RUNS, resolve
+from .paths import RUNS, atomic_write, resolve
 from .rna import Normaliser, fit_on_training
-from .runs import atomic_write, load_checkpoint, read_metrics, save_checkpoint, write_json, write_metrics
+from .runs import load_checkpoint, read_metrics, save_checkpoint, write_json, write_metrics
 
 CLIP_NORM = 1.0  # the study's gradient-norm clipping
 
