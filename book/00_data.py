@@ -125,11 +125,7 @@ fig = plots.pca_by_program(z, programs if programs is not None else scores)
 # `splits.csv` and shared by every model (50 patients give the study's 34/8/8).
 
 # %%
-split_of = dict(zip(cohort.splits.patient_id, cohort.splits.split))
-tiles_split = cohort.tiles_table.patient_id.map(split_of)
-pd.DataFrame(
-    {"patients": cohort.splits.split.value_counts(), "tiles": tiles_split.value_counts()}
-).reindex(["train", "val", "test"])
+cohort.split_counts()
 
 # %% [markdown]
 # ## Does the RNA carry the morphology?

@@ -50,14 +50,12 @@ def build_cohort(source: str, out: str | Path, **params) -> Cohort:
 def describe(cohort: Cohort) -> str:
     """A few lines that say what a cohort holds."""
     m = cohort.manifest
-    splits = cohort.splits["split"].value_counts().reindex(["train", "val", "test"], fill_value=0)
-    tiles = cohort.tiles_table["patient_id"].map(dict(zip(cohort.splits.patient_id, cohort.splits.split)))
-    per_split = tiles.value_counts().reindex(["train", "val", "test"], fill_value=0)
+    counts = cohort.split_counts()
     lines = [
         f"cohort {cohort.root.name} (source {m['source']}, format v{m['format_version']})",
         f"  patients {m['counts']['patients']}, tiles {m['counts']['tiles']}, "
         f"genes {m['counts']['genes']}, tiles {cohort.image_size}x{cohort.image_size} px"
         + (f" at {m['mpp']:.2f} um/px" if m.get("mpp") else ""),
-        "  split    " + ", ".join(f"{s} {splits[s]} patients / {per_split[s]} tiles" for s in splits.index),
+        "  split    " + ", ".join(f"{s} {r.patients} patients / {r.tiles} tiles" for s, r in counts.iterrows()),
     ]
     return "\n".join(lines)

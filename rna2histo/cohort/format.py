@@ -63,6 +63,15 @@ class Cohort:
         chosen = set(self.splits.loc[self.splits["split"] == split, "patient_id"])
         return [p for p in self.rna.index if p in chosen]
 
+    def split_counts(self) -> pd.DataFrame:
+        """Patients and tiles per split, rows train/val/test."""
+        split_of = dict(zip(self.splits["patient_id"], self.splits["split"]))
+        counts = {
+            "patients": self.splits["split"].value_counts(),
+            "tiles": self.tiles_table["patient_id"].map(split_of).value_counts(),
+        }
+        return pd.DataFrame(counts).reindex(list(SPLITS), fill_value=0)
+
     def tile_indices(self, split: str | None = None) -> np.ndarray:
         """Row numbers of the tiles that belong to a split's patients."""
         if split is None:
