@@ -25,6 +25,7 @@ from typing import ClassVar
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 
 @dataclass
@@ -87,6 +88,8 @@ class Generator(nn.Module):
 
 def init_weights(module: nn.Module) -> None:
     """The study's initialisation: conv weights ~ N(0, 0.02), norm layers ~ N(1, 0.02), biases 0."""
+    if parametrize.is_parametrized(module):
+        return  # spectrally normalised: initialised before its power iteration was set up
     if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
         nn.init.normal_(module.weight, 0.0, 0.02)
         if module.bias is not None:

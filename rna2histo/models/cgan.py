@@ -34,6 +34,7 @@ class CGANConfig(ModelConfig):
     d_hidden: int = 256  # width of D's head on [image features, RNA embedding]
     d_dropout: float = 0.2  # the study: 0.1-0.3
     d_norm: str = "none"  # per-batch statistics would let D compare a real batch with a fake one
+    d_spectral: bool = True  # spectral normalisation of every D layer (see `Discriminator`)
     real_label: float = 0.9
     fake_label: float = 0.1
     lr_g: float = 5e-5
@@ -79,6 +80,12 @@ class Discriminator(nn.Module):
     logit = w^T h + (V e)^T h with h = MLP([phi(x), e]): the study's concatenation plus the
     projection term of Miyato & Koyama (2018), which scores how well x agrees with c directly.
     With concatenation alone D learnt the pairing slowly and G often ignored c.
+
+    ``spectral``: every linear and conv layer of D is spectrally normalised (Miyato et al. 2018,
+    the companion of the projection term). Without a norm in D, the study's N(0, 0.02) init
+    shrinks the signal ~7x per conv layer, and D could not tell checkerboard fakes from real
+    tiles after 1,200 steps (measured: P(real) 0.53 on real, 0.46 on fake); spectral
+    normalisation fixes every layer's gain at ~1 whatever the init and keeps D Lipschitz.
     """
 
     def __init__(
@@ -90,6 +97,7 @@ class Discriminator(nn.Module):
         hidden: int,
         dropout: float,
         norm: str,
+        spectral: bool = False,
     ):
         super().__init__()
         self.rna = RNAEncoder(n_genes, rna_widths)
@@ -98,6 +106,11 @@ class Discriminator(nn.Module):
         self.head = nn.Sequential(nn.Linear(joined, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout))
         self.logit = nn.Linear(hidden, 1)
         self.project = nn.Linear(self.rna.out_features, hidden, bias=False)
+        if spectral:  # after the init: the power iteration starts from the final weights
+            self.apply(init_weights)
+            for layer in self.modules():
+                if isinstance(layer, (nn.Linear, nn.Conv2d)):
+                    nn.utils.parametrizations.spectral_norm(layer)
 
     @classmethod
     def from_config(cls, cfg) -> Discriminator:
@@ -110,6 +123,7 @@ class Discriminator(nn.Module):
             cfg.d_hidden,
             cfg.d_dropout,
             cfg.d_norm,
+            cfg.d_spectral,
         )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor):

@@ -51,6 +51,7 @@ class HybridConfig(ModelConfig):
     d_hidden: int = 256
     d_dropout: float = 0.2
     d_norm: str = "none"
+    d_spectral: bool = True
     w_adv: float = 1.0
     w_recon: float = 10.0
     w_perc: float = 5.0
