@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import random
+import resource
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -307,6 +308,13 @@ def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     return state
 
 
+def peak_memory_gb(device: torch.device) -> float:
+    """Peak memory so far: the accelerator's allocations on CUDA, else the process's peak RSS."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 1e9
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6  # kB on Linux
+
+
 def _clear_run(run_dir: Path) -> None:
     """A fresh run replaces what an earlier run left in the same folder."""
     for name in ("checkpoints", "samples"):
@@ -320,6 +328,7 @@ def _run_epoch(trainer: Trainer, fixed_patients: list[int]) -> None:
     trainer.epoch += 1
     row.update(trainer.validate())
     row = {"epoch": trainer.epoch, **row, "seconds": round(time.perf_counter() - started, 2)}
+    row["peak_memory_gb"] = round(peak_memory_gb(trainer.device), 3)
     for name, (opt, _) in trainer.optimizers.items():
         row[f"lr_{name}"] = opt.param_groups[0]["lr"]
     is_best = row["val_loss"] < trainer.best_val
