@@ -38,7 +38,11 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
     state = load_checkpoint(path, map_location=device)
     cls = model_class(state["model"])
     model = cls(cls.Config(**state["config"]))
-    model.load_state_dict(state["state_dict"])
+    try:
+        model.load_state_dict(state["state_dict"])
+    except RuntimeError as err:  # weights of another version of the architecture
+        first = str(err).splitlines()[1].strip() if "\n" in str(err) else str(err)
+        raise where(path, f"does not match this version's {state['model']} ({first}); retrain the run") from None
     model.to(device).eval()
     meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizers", "schedulers", "scaler")}
     return LoadedRun(model, Normaliser.from_state_dict(state["normaliser"]), meta)
