@@ -1,0 +1,1 @@
+"""Evaluation of trained generators: the study's image metrics and biological faithfulness."""
