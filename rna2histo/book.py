@@ -8,6 +8,7 @@ building the book never modifies the committed chapters.
 from __future__ import annotations
 
 import ast
+import json
 import shutil
 import subprocess
 import sys
@@ -73,8 +74,12 @@ def execute(profile: str = "demo", only: list[str] | None = None) -> list[Path]:
     return done
 
 
-def build_html(executed: list[Path]) -> Path:
-    """Stage the book's sources with the executed chapters and build the HTML with Jupyter Book."""
+def build_html(executed: list[Path], headline: str | None = None) -> Path:
+    """Stage the book's sources with the executed chapters and build the HTML with Jupyter Book.
+
+    `headline`: Markdown that replaces the staged ``book/headline.md`` (the opening page's
+    results, from the evaluation chapter's metrics.json); the tracked file is never touched.
+    """
     stage = BUILD / "stage"
     shutil.rmtree(stage, ignore_errors=True)
     (stage / "book").mkdir(parents=True)
@@ -85,14 +90,31 @@ def build_html(executed: list[Path]) -> Path:
         shutil.copy2(page, stage / "book" / page.name)
     for notebook in executed:
         shutil.copy2(notebook, stage / "book" / notebook.name)
+    if headline is not None:
+        (stage / "book" / "headline.md").write_text(headline)
     jupyter_book = Path(sys.executable).with_name("jupyter-book")
     cmd = [str(jupyter_book), "build", str(stage), "--path-output", str(BUILD)]
     subprocess.run(cmd, check=True)
     return BUILD / "_build" / "html" / "index.html"
 
 
+def headline(profile: str) -> str | None:
+    """The opening page's results table from the profile's evaluation, if it has been run."""
+    from .evaluation.report import headline_markdown
+    from .paths import resolve
+
+    notebook = ROOT / "book" / "05_evaluation.ipynb"
+    if not notebook.exists():
+        return None
+    out_dir = {**chapter_parameters(notebook), **profile_parameters(profile, notebook)}["out_dir"]
+    path = resolve(out_dir) / "metrics.json"
+    if not path.exists():
+        return None
+    return headline_markdown(json.loads(path.read_text()), f"{out_dir}/metrics.json")
+
+
 def build(profile: str = "demo") -> Path:
-    index = build_html(execute(profile))
+    index = build_html(execute(profile), headline(profile))
     print(f"the book is at {index}")
     return index
 
