@@ -22,6 +22,6 @@ def test_missing_cohort_is_built_from_chapter_00_defaults(tmp_path, capsys):
 
 def test_a_profile_defines_the_cohort_it_names():
     demo = _default_cohort_params(resolve("data/cohorts/demo"))
-    assert (demo["patients"], demo["tiles_per_patient"], demo["genes"]) == (40, 24, 2000)
+    assert (demo["patients"], demo["tiles_per_patient"], demo["genes"]) == (100, 10, 2000)
     other = _default_cohort_params(resolve("data/cohorts/elsewhere"))
     assert other == chapter_parameters(ROOT / "book" / "00_data.ipynb")
