@@ -78,7 +78,7 @@ from rna2histo.evaluation import faithfulness, protocol, report
 # One call generates the tiles, measures them and writes `metrics.json`. Which pretrained
 # weights this machine has decides which image metrics can be computed:
 
-# %%
+# %% tags=["nbval-ignore-output"]
 cohort = ensure_cohort(cohort_dir)
 settings = protocol.Settings(n_pairs=n_pairs, n_fid=n_fid, n_boot=n_boot, seed=seed, mpp=cohort.manifest.get("mpp"))
 pd.DataFrame(weights.status())
@@ -98,6 +98,13 @@ evaluation.metrics["protocol"]
 
 # %% tags=["nbval-ignore-output"]
 report.results_table(evaluation.metrics)
+
+# %% [markdown]
+# What could not be computed here, and why:
+
+# %% tags=["nbval-ignore-output"]
+for name, reason in report.unavailable_reasons(evaluation.metrics)["reason"].items():
+    print(f"{name}: {reason}")
 
 # %% [markdown]
 # Beside the study's Table 4.1. **The data and protocol differ**: the study used TCGA-LUAD

@@ -78,6 +78,19 @@ def results_table(metrics: dict, names=IMAGE_METRICS, digits: int = 3) -> pd.Dat
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
+def unavailable_reasons(metrics: dict) -> pd.DataFrame:
+    """Each metric that could not be computed, once, with the reason (e.g. weights absent)."""
+    reasons = {}
+    for model, entry in _entries(metrics).items():
+        if entry.get("unavailable"):
+            reasons.setdefault(f"{model} (whole model)", entry["reason"])
+            continue
+        for name, metric in entry.items():
+            if isinstance(metric, dict) and metric.get("unavailable"):
+                reasons.setdefault(name, metric["reason"])
+    return pd.DataFrame({"reason": reasons}).rename_axis("unavailable")
+
+
 def faithfulness_table(metrics: dict, digits: int = 3) -> pd.DataFrame:
     """Faithfulness per model: each measure with RNA as given and with RNA shuffled across patients."""
     rows = {}
@@ -196,4 +209,6 @@ def headline_markdown(metrics: dict, source: str) -> str:
         table.fillna("").to_markdown(),
         "",
     ]
+    for name, reason in unavailable_reasons(metrics)["reason"].items():
+        lines.append(f"- {name} unavailable: {reason}")
     return "\n".join(lines)
