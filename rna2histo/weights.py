@@ -3,8 +3,9 @@
 Both live in torch hub's checkpoint folder (``$TORCH_HOME/hub/checkpoints``), which is where the
 packages that use them look: `lpips` gets its AlexNet trunk through torchvision, and
 `torch-fidelity` its InceptionV3 through ``torch.hub.load_state_dict_from_url``. Downloading here
-fills the same cache, and checks each file against the SHA-256 prefix in its name (torch hub's
-convention). LPIPS's own linear layers ship inside the `lpips` package and need no download.
+fills the same cache (through `cohort.http.download`: resume, retries), and checks each file against
+the SHA-256 prefix in its name (torch hub's convention). LPIPS's own linear layers ship inside the
+`lpips` package and need no download.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm.auto import tqdm
 
+from .cohort import http
 from .errors import UserError
 
 
@@ -71,10 +74,20 @@ def download(names: list[str] | None = None) -> list[Path]:
             raise UserError(f"unknown weights {name!r}; expected one of {', '.join(WEIGHTS)}")
         w = WEIGHTS[name]
         if not w.present:
-            w.path.parent.mkdir(parents=True, exist_ok=True)
-            try:  # writes to a temporary file and renames it only after the hash matched
-                torch.hub.download_url_to_file(w.url, str(w.path), hash_prefix=w.sha256_prefix, progress=True)
-            except (OSError, RuntimeError) as err:
-                raise UserError(f"could not download {name} from {w.url}: {err}") from None
+            try:  # writes to a .part file and renames it only after the hash matched
+                with tqdm(desc=name, unit="B", unit_scale=True, disable=None) as bar:
+                    http.download(w.url, w.path, sha256_prefix=w.sha256_prefix, progress=_show(bar))
+            except (OSError, UserError) as err:
+                raise UserError(f"could not download {name}: {err}") from None
         done.append(w.path)
     return done
+
+
+def _show(bar):
+    """A `download` progress callback that moves a tqdm bar."""
+
+    def progress(done: int, total: int | None) -> None:
+        bar.total = total
+        bar.update(done - bar.n)
+
+    return progress
