@@ -3,6 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PROFILE ?= demo
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg
 
 .PHONY: install test book clean
@@ -20,9 +21,9 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(PY) -m pytest -q tests $(NBVAL) book
 
-## make book: run every chapter on the embedded default (params/demo) and build the HTML book
+## make book: run every chapter with params/$(PROFILE) (default: demo, the embedded default) and build the HTML book
 book: $(STAMP)
-	$(PY) -m rna2histo book --profile demo
+	$(PY) -m rna2histo book --profile $(PROFILE)
 
 clean:
 	rm -rf _build

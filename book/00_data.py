@@ -25,17 +25,22 @@
 # default of `make book` and `params/thesis/00_data.yaml` the study's size.
 
 # %% tags=["parameters"]
-source = "synthetic"  # "synthetic" (simulated, ground truth known) or "folder" (your own data)
+source = "synthetic"  # "synthetic" (simulated, ground truth known), "folder" (your data) or "tcga"
 cohort_dir = "data/cohorts/smoke"  # where the cohort is written, relative to the repository root
 patients = 12  # synthetic: number of patients
-tiles_per_patient = 6  # synthetic: tiles per patient
+tiles_per_patient = 6  # synthetic: tiles per patient; tcga: at most this many per patient
 image_size = 64  # tile side in pixels after resizing
 genes = 500  # synthetic: genes per RNA profile
 seed = 0  # seeds the simulation and the patient split
 rna_file = ""  # folder: RNA table (CSV, TSV or parquet), one row per patient
 images_dir = ""  # folder: one sub-folder of images per patient
-tile_size = 256  # folder: tile side cut from the images before resizing
+tile_size = 256  # folder, tcga: tile side cut from the images (tcga: at 20x) before resizing
 scale = 1.0  # folder: resample the images by this factor first (0.5 turns 40x into 20x)
+project = "TCGA-LUAD"  # tcga: the GDC project (RNA from UCSC Xena, slides from the GDC)
+max_patients = 0  # tcga: a seeded subset of the patients with RNA and a slide; 0 keeps all
+workers = 2  # tcga: slides downloaded and tiled in parallel
+keep_slides = True  # tcga: keep the downloaded slides; False deletes each once it is tiled
+cache_dir = ""  # tcga: downloads and per-slide records; empty means next to cohort_dir
 
 # %%
 import pandas as pd
@@ -57,6 +62,7 @@ from rna2histo.rna import fit_on_training, program_scores
 # ```
 # python -m rna2histo cohort synthetic --out data/cohorts/demo --patients 40 --tiles-per-patient 24
 # python -m rna2histo cohort folder --rna rna.csv --images slides/ --out data/cohorts/mine
+# python -m rna2histo cohort tcga --project TCGA-LUAD --out data/cohorts/tcga_luad --max-patients 50
 # ```
 #
 # In the simulation each patient has five program levels in $[0, 1]$: tumour **epithelium**,
@@ -79,6 +85,11 @@ cohort = build_cohort(
     images=resolve(images_dir) if images_dir else None,
     tile_size=tile_size,
     scale=scale,
+    project=project,
+    max_patients=max_patients or None,
+    workers=workers,
+    keep_slides=keep_slides,
+    cache=resolve(cache_dir) if cache_dir else None,
 )
 print(describe(cohort))
 

@@ -42,9 +42,54 @@ def _cohort_commands(sub) -> None:
     fol.add_argument("--seed", type=int, default=0, help="seed of the patient split")
     fol.set_defaults(run=_run_folder)
 
+    tcga = cohort.add_parser(
+        "tcga",
+        help="TCGA RNA (UCSC Xena) and diagnostic slides (GDC): downloads, tiles, resumes",
+        description="Build a cohort from a TCGA project: RNA-seq from UCSC Xena (primary tumours, "
+        "one profile per patient) and one open diagnostic H&E slide per patient from the GDC, tiled "
+        "at 20x with OpenSlide. Downloads resume (HTTP Range) and are md5-checked; re-running after "
+        "an interruption redoes only unfinished slides. Needs the network, and disk for the cache "
+        "(about 1 GB per slide kept; --no-keep-slides keeps one slide per worker).",
+    )
+    tcga.add_argument("--project", default="TCGA-LUAD")
+    tcga.add_argument("--out", required=True, help="cohort folder to write")
+    tcga.add_argument("--max-patients", type=int, default=None, help="seeded subset of patients")
+    tcga.add_argument("--tiles-per-patient", type=int, default=64)
+    tcga.add_argument("--tile-size", type=int, default=256, help="tile side in pixels at 20x")
+    tcga.add_argument("--image-size", type=int, default=128, help="tile side after resizing")
+    tcga.add_argument("--workers", type=int, default=2, help="slides processed in parallel")
+    tcga.add_argument("--keep-slides", action=argparse.BooleanOptionalAction, default=True,
+                      help="keep downloaded slides in the cache (default) or delete each once tiled")
+    tcga.add_argument("--cache", default=None, help="downloads and per-slide records (default: OUT-cache)")
+    tcga.add_argument("--xena-url", default=None, help="the Xena matrix (default: the public TCGA hub)")
+    tcga.add_argument("--gdc-api", default=None, help="the GDC API (default: the public service)")
+    tcga.add_argument("--seed", type=int, default=0, help="seeds patient selection, tile sampling, split")
+    tcga.set_defaults(run=_run_tcga)
+
     info = cohort.add_parser("info", help="summarise a cohort folder")
     info.add_argument("dir")
     info.set_defaults(run=_run_info)
+
+
+def _run_tcga(args) -> None:
+    from .cohort import gdc, xena
+    from .cohort.tcga import build_tcga
+
+    out = build_tcga(
+        resolve(args.out),
+        project=args.project,
+        max_patients=args.max_patients,
+        tiles_per_patient=args.tiles_per_patient,
+        tile_size=args.tile_size,
+        image_size=args.image_size,
+        workers=args.workers,
+        keep_slides=args.keep_slides,
+        cache=resolve(args.cache) if args.cache else None,
+        xena_url=args.xena_url or xena.XENA_URL,
+        gdc_api=args.gdc_api or gdc.GDC_API,
+        seed=args.seed,
+    )
+    _run_info(argparse.Namespace(dir=out))
 
 
 def _run_synthetic(args) -> None:

@@ -9,7 +9,7 @@ from ..errors import UserError
 from .format import FORMAT_VERSION, Cohort, CohortWriter, is_cohort, load_cohort
 from .split import split_patients
 
-SOURCES = ("synthetic", "folder")
+SOURCES = ("synthetic", "folder", "tcga")
 
 __all__ = [
     "FORMAT_VERSION",
@@ -33,6 +33,10 @@ def _builder(source: str):
         from .folder import build_folder
 
         return build_folder
+    if source == "tcga":
+        from .tcga import build_tcga
+
+        return build_tcga
     raise UserError(f"unknown cohort source {source!r}; expected one of {', '.join(SOURCES)}")
 
 
