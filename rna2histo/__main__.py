@@ -48,8 +48,8 @@ def _cohort_commands(sub) -> None:
         description="Build a cohort from a TCGA project: RNA-seq from UCSC Xena (primary tumours, "
         "one profile per patient) and one open diagnostic H&E slide per patient from the GDC, tiled "
         "at 20x with OpenSlide. Downloads resume (HTTP Range) and are md5-checked; re-running after "
-        "an interruption redoes only unfinished slides. Needs the network, and disk for the cache "
-        "(about 1 GB per slide kept; --no-keep-slides keeps one slide per worker).",
+        "an interruption redoes only unfinished slides. Needs the network, and disk for the cache: "
+        "every downloaded slide by default, about one slide per worker with --no-keep-slides.",
     )
     tcga.add_argument("--project", default="TCGA-LUAD")
     tcga.add_argument("--out", required=True, help="cohort folder to write")
@@ -61,7 +61,7 @@ def _cohort_commands(sub) -> None:
     tcga.add_argument("--keep-slides", action=argparse.BooleanOptionalAction, default=True,
                       help="keep downloaded slides in the cache (default) or delete each once tiled")
     tcga.add_argument("--cache", default=None, help="downloads and per-slide records (default: OUT-cache)")
-    tcga.add_argument("--xena-url", default=None, help="the Xena matrix (default: the public TCGA hub)")
+    tcga.add_argument("--xena-url", default=None, help="the RNA matrix (default: the project's HiSeqV2 on the public Xena hub)")
     tcga.add_argument("--gdc-api", default=None, help="the GDC API (default: the public service)")
     tcga.add_argument("--seed", type=int, default=0, help="seeds patient selection, tile sampling, split")
     tcga.set_defaults(run=_run_tcga)
@@ -72,7 +72,7 @@ def _cohort_commands(sub) -> None:
 
 
 def _run_tcga(args) -> None:
-    from .cohort import gdc, xena
+    from .cohort import gdc
     from .cohort.tcga import build_tcga
 
     out = build_tcga(
@@ -85,7 +85,7 @@ def _run_tcga(args) -> None:
         workers=args.workers,
         keep_slides=args.keep_slides,
         cache=resolve(args.cache) if args.cache else None,
-        xena_url=args.xena_url or xena.XENA_URL,
+        xena_url=args.xena_url,
         gdc_api=args.gdc_api or gdc.GDC_API,
         seed=args.seed,
     )

@@ -152,3 +152,10 @@ def test_kill_9_mid_download_then_rerun_gives_the_same_cohort(gdc, tmp_path):
     resumed = load_cohort(tmp_path / "cohort")
     assert np.array_equal(np.asarray(resumed.tiles), np.asarray(reference.tiles))
     pd.testing.assert_frame_equal(resumed.tiles_table, reference.tiles_table)
+
+
+def test_the_default_rna_matrix_follows_the_project():
+    from rna2histo.cohort import xena
+
+    assert xena.matrix_url("TCGA-LUAD") == xena.XENA_URL
+    assert xena.matrix_url("TCGA-LUSC").endswith("/TCGA.LUSC.sampleMap%2FHiSeqV2.gz")

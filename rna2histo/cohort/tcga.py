@@ -50,7 +50,7 @@ def build_tcga(
     workers: int = 2,
     keep_slides: bool = True,
     cache=None,
-    xena_url: str = xena.XENA_URL,
+    xena_url: str | None = None,
     gdc_api: str = gdc.GDC_API,
     seed: int = 0,
     progress: bool = True,
@@ -58,6 +58,7 @@ def build_tcga(
     """Build (or finish building) the TCGA cohort at `out`; returns `out`. See the module docstring."""
     out = resolve(out)
     cache = resolve(cache) if cache else out.with_name(f"{out.name}-cache")
+    xena_url = xena_url or xena.matrix_url(project)  # the project's matrix on the public hub
     _check_params(max_patients, tiles_per_patient, tile_size, image_size, workers)
     check_output(out)
     rna, rna_report = _rna(xena_url, cache)

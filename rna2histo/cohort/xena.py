@@ -21,9 +21,16 @@ from ..errors import where
 from . import http
 from .rna_table import _few, _one_line, counted, patient_id
 
-XENA_URL = (
-    "https://tcga-xena-hub.s3.us-east-1.amazonaws.com/download/TCGA.LUAD.sampleMap%2FHiSeqV2.gz"
-)
+XENA_HUB = "https://tcga-xena-hub.s3.us-east-1.amazonaws.com/download"
+
+
+def matrix_url(project: str = "TCGA-LUAD") -> str:
+    """The hub's HiSeqV2 matrix of a TCGA project: TCGA-LUAD -> .../TCGA.LUAD.sampleMap%2FHiSeqV2.gz."""
+    code = project.removeprefix("TCGA-")
+    return f"{XENA_HUB}/TCGA.{code}.sampleMap%2FHiSeqV2.gz"
+
+
+XENA_URL = matrix_url("TCGA-LUAD")
 PRIMARY_TUMOUR = "01"  # TCGA sample-type code of a primary solid tumour
 # project-TSS-participant-sample type: the part of a sample barcode this module relies on
 _SAMPLE = re.compile(r"^TCGA-[A-Z0-9]{2}-[A-Z0-9]{4}-(\d{2})", re.IGNORECASE)
