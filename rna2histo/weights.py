@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns in a notebook without ipywidgets
 
 from .cohort import http
 from .errors import UserError

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+from tqdm import tqdm  # plain: tqdm.auto warns in a notebook without ipywidgets
 
 from ..errors import UserError
 from ..paths import atomic_write, resolve
