@@ -72,7 +72,7 @@ def _cohort_commands(sub) -> None:
 
 
 def _run_tcga(args) -> None:
-    from .cohort import gdc
+    from .cohort import gdc, load_cohort
     from .cohort.tcga import build_tcga
 
     out = build_tcga(
@@ -90,6 +90,12 @@ def _run_tcga(args) -> None:
         seed=args.seed,
     )
     _run_info(argparse.Namespace(dir=out))
+    report = load_cohort(out).manifest["report"]
+    for kind in ("slides_unreadable", "slides_failed"):
+        for name, why in report[kind]["items"].items():
+            print(f"{kind.split('_')[1]}: {name}: {why}", file=sys.stderr)
+    if report["slides_failed"]["count"]:
+        print("run the same command again to retry the failed downloads", file=sys.stderr)
 
 
 def _run_synthetic(args) -> None:

@@ -113,10 +113,12 @@ def test_no_keep_slides_deletes_each_slide_once_tiled(gdc, tmp_path):
 def test_command_line(gdc, tmp_path, capsys):
     args = ["cohort", "tcga", "--out", str(tmp_path / "c"), "--cache", str(tmp_path / "cache"),
             "--xena-url", gdc.xena_url, "--gdc-api", gdc.url, "--tiles-per-patient", "2",
-            "--tile-size", "64", "--image-size", "32", "--workers", "1", "--max-patients", "2"]
-    assert main(args) in (None, 0)
-    assert "source tcga" in capsys.readouterr().out
-    assert main(args[:-2] + ["--max-patients", "0"]) == 2  # bad input: one line, exit 2
+            "--tile-size", "64", "--image-size", "32", "--workers", "1"]
+    assert main(args) == 0
+    printed = capsys.readouterr()
+    assert "source tcga" in printed.out
+    assert "unreadable: TCGA-BB-0001-01Z-00-DX1.svs" in printed.err  # skipped, and said so
+    assert main(args + ["--max-patients", "0"]) == 2  # bad input: one line, exit 2
     assert "--max-patients must be at least 1" in capsys.readouterr().err
 
 
