@@ -28,8 +28,12 @@
 # image features with the RNA embedding and outputs one logit; dropout 0.2. We add a projection
 # term (Miyato & Koyama, 2018), $\langle \phi(x), W e \rangle$, to $D$'s logit: with
 # concatenation alone the generator learned the right colour for a condition in only some
-# seeds. Adam with $\beta = (0.5, 0.999)$, learning rates $5 \cdot 10^{-5}$ for $G$ and
-# $2 \cdot 10^{-4}$ for $D$, cosine annealing, batch 16, 50 epochs.
+# seeds. Every layer of $D$ is spectrally normalised (Miyato et al., 2018): with the study's
+# $\mathcal{N}(0, 0.02)$ initialisation and no normalisation in $D$, its signal shrank several-fold
+# per layer and it still could not tell checkerboard fakes from real tiles after 1,200 demo steps
+# (mean $P(\text{real})$ 0.53 on real, 0.46 on fake tiles). Adam with $\beta = (0.5, 0.999)$,
+# learning rates $5 \cdot 10^{-5}$ for $G$ and $2 \cdot 10^{-4}$ for $D$, cosine annealing,
+# batch 16, 50 epochs.
 #
 # **Beyond the study: a mode-seeking term** (Mao et al., 2019). A conditional generator tends
 # to ignore $z$ and draw one tile per condition. With `w_diverse` $= \lambda > 0$, $G$ also
