@@ -2,7 +2,8 @@
 
 A profile is a folder ``params/<profile>/`` with one YAML per chapter (same stem as the chapter);
 a chapter without a file runs with its own defaults. Executed copies go to ``_build/``, so
-building the book never modifies the committed chapters.
+building the book never modifies the committed chapters. `train_chapter` runs a model chapter's
+training alone, with the same parameters, e.g. on several GPUs under torchrun.
 """
 
 from __future__ import annotations
@@ -45,10 +46,67 @@ def profile_parameters(profile: str, notebook: Path) -> dict:
         raise UserError(f"no profile {profile!r}: {PARAMS / profile} does not exist")
     if not path.exists():
         return {}
-    values = yaml.safe_load(path.read_text()) or {}
+    return read_parameters(path)
+
+
+def read_parameters(path: Path) -> dict:
+    """A parameters file: a YAML mapping of parameter names to values."""
+    if not path.is_file():
+        raise where(path, "no such parameters file")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as err:
+        raise where(path, f"not valid YAML ({' '.join(str(err).split())})") from None
     if not isinstance(values, dict):
         raise where(path, "expected a mapping of parameter names to values")
     return values
+
+
+def model_chapter(model: str) -> Path:
+    """The chapter that trains `model`: ``book/NN_<model>.ipynb``."""
+    from .models import model_class
+
+    model_class(model)  # an unknown model is a UserError naming the known ones
+    for notebook in chapters():
+        if notebook.stem.split("_", 1)[-1] == model:
+            return notebook
+    raise UserError(f"no chapter in _toc.yml trains {model!r}")
+
+
+def training_parameters(model: str, path: Path) -> dict:
+    """The parameters of `model`'s chapter: its defaults, overridden by the file at `path`."""
+    notebook = model_chapter(model)
+    if path.stem != notebook.stem and path.stem in {nb.stem for nb in chapters()}:
+        raise where(path, f"is chapter {path.stem}'s file; {model} is trained by chapter {notebook.stem}")
+    defaults, values = chapter_parameters(notebook), read_parameters(path)
+    for key in values:
+        if key not in defaults:
+            raise where(path, f"unknown parameter {key!r}; chapter {notebook.stem} has {', '.join(defaults)}")
+    return {**defaults, **values}
+
+
+def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False) -> Path:
+    """Train `model` as its chapter does, with the chapter's parameters from `params_file`.
+
+    Missing parameters take the chapter's defaults; ``image_size`` is checked against the cohort,
+    which is built from the embedded default if missing (as in the chapter); every other parameter
+    goes to `rna2histo.train.fit`. A chapter's ``train`` is ignored: this trains. `run_dir` and
+    `resume` override the file. Under torchrun every process calls this and process 0 builds a
+    missing cohort before the others read it; ``batch_size`` is then per process.
+    """
+    from . import distributed
+    from .train import fit, pick_device
+
+    params = training_parameters(model, Path(params_file))
+    image_size = params.pop("image_size", None)
+    params.pop("train", None)
+    if run_dir is not None:
+        params["run_dir"] = str(run_dir)
+    params["resume"] = params.get("resume", False) or resume
+    with distributed.session(pick_device(params["device"])) as world:
+        with world.main_first():
+            ensure_cohort(params["cohort_dir"], image_size)
+        return fit(model, **params)
 
 
 def execute(profile: str = "demo", only: list[str] | None = None) -> list[Path]:

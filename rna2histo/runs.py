@@ -29,12 +29,13 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp))
 
 
-def load_checkpoint(path: Path, map_location="cpu") -> dict:
+def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
+    """`mmap`: map the file instead of reading it; tensors are read when touched."""
     path = Path(path)
     if not path.is_file():
         raise where(path, "no such checkpoint")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for a damaged or foreign file
         raise where(path, f"not a readable rna2histo checkpoint ({type(err).__name__}: {err})") from None
     version = state.get("format_version") if isinstance(state, dict) else None
@@ -53,3 +54,20 @@ def write_metrics(path: Path, rows: list[dict]) -> Path:
 
 def read_metrics(path: Path) -> list[dict]:
     return pd.read_csv(path).to_dict("records") if Path(path).exists() else []
+
+
+def trained_run(model: str, run_dir: Path, progress: bool = True) -> Path:
+    """The folder of a run trained before (``fit(..., train=False)``); its ``last`` checkpoint must exist."""
+    last = run_dir / "checkpoints" / "last.pt"
+    if not last.exists():
+        how = f"python -m rna2histo train {model} -f PARAMS, or under torchrun"
+        raise where(run_dir, f"train=False, but there is no {last.name} checkpoint to show; train the run first ({how}) "
+                    "or set train=True")
+    state = load_checkpoint(last, mmap=True)  # mapped: only the few plain values below are read
+    if state["model"] != model:
+        raise where(last, f"holds a {state['model']} run, not {model}")
+    if progress:
+        p = state["params"]
+        print(f"{model}: not training (train=False); the run in {run_dir} has trained {state['epoch']} of "
+              f"{p['epochs']} epochs at batch {p['batch_size']} x {p.get('processes', 1)} processes")
+    return run_dir

@@ -7,6 +7,10 @@ validation, ``metrics.csv``, fixed-noise sample grids and checkpoints (`rna2hist
 
 Every epoch re-seeds from (seed, epoch), so a run stopped after epoch k and resumed from its
 ``last`` checkpoint draws exactly the batches, augmentations and noise of an uninterrupted run.
+
+Under torchrun the same loop trains on several processes (`rna2histo.distributed`): `Step`
+averages gradients over them, each process trains on its shard of every batch, and process 0
+alone validates and writes the run folder.
 """
 
 from __future__ import annotations
@@ -25,13 +29,15 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from . import distributed
 from .cohort import load_cohort
 from .data import TileDataset, make_loader, to_uint8
+from .distributed import World
 from .errors import UserError
 from .models import Generator, build_model
 from .paths import RUNS, atomic_write, resolve
 from .rna import Normaliser, fit_on_training
-from .runs import load_checkpoint, read_metrics, save_checkpoint, write_json, write_metrics
+from .runs import load_checkpoint, read_metrics, save_checkpoint, trained_run, write_json, write_metrics
 
 CLIP_NORM = 1.0  # the study's gradient-norm clipping
 
@@ -44,12 +50,14 @@ class Step:
     """Backward, clip, step and zero for named optimisers, with mixed precision on CUDA.
 
     ``step("g", loss)`` optimises the parameters of optimiser "g" only. On CUDA, autocast runs in
-    bf16 where the device supports it (no scaler needed), else fp16 with a gradient scaler.
+    bf16 where the device supports it (no scaler needed), else fp16 with a gradient scaler. On
+    several processes the gradients are averaged over them before clipping, as DDP would.
     """
 
-    def __init__(self, optimizers: dict, device: torch.device, amp: bool = True):
+    def __init__(self, optimizers: dict, device: torch.device, amp: bool = True, world: World = World()):
         self.optimizers = {name: pair[0] for name, pair in optimizers.items()}
         self.device = device
+        self.world = world
         cuda = device.type == "cuda"
         self.amp_dtype = None
         if amp and cuda:
@@ -63,16 +71,21 @@ class Step:
 
     def __call__(self, name: str, loss: torch.Tensor) -> float:
         value = float(loss.detach())
-        if not math.isfinite(value):
+        if not math.isfinite(value) and self.world.size == 1:  # several processes decide together
             raise NonFiniteLoss(f"loss for optimiser {name!r} is {value}; training stopped")
         opt = self.optimizers[name]
+        params = [p for group in opt.param_groups for p in group["params"]]
         # Gradients another loss left on these parameters (the generator's loss reaches the
         # discriminator) must not leak into this step.
         for other in self.optimizers.values():
             other.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
+        if self.world.size > 1:
+            mean = distributed.average_gradients(params, value, self.world)
+            if not math.isfinite(mean):
+                message = f"loss for optimiser {name!r} is {mean} (mean over processes); training stopped"
+                raise NonFiniteLoss(message)
         self.scaler.unscale_(opt)
-        params = [p for group in opt.param_groups for p in group["params"]]
         torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
         self.scaler.step(opt)
         self.scaler.update()
@@ -112,6 +125,7 @@ class Trainer:
     train: TileDataset
     val: TileDataset
     device: torch.device
+    world: World = field(default_factory=World)
     optimizers: dict = field(default_factory=dict)
     epoch: int = 0
     best_val: float = math.inf
@@ -120,7 +134,7 @@ class Trainer:
 
     def __post_init__(self):
         self.optimizers = self.model.configure_optimizers(self.params["epochs"])
-        self.step = Step(self.optimizers, self.device, amp=self.params["amp"])
+        self.step = Step(self.optimizers, self.device, amp=self.params["amp"], world=self.world)
 
     # -- checkpoints
     def state(self) -> dict:
@@ -158,16 +172,16 @@ class Trainer:
 
     # -- one epoch
     def train_epoch(self) -> dict:
+        """One pass over the training tiles; the mean of each metric over steps (and processes)."""
         self.model.train()
         seed = epoch_seed(self.params["seed"], self.epoch)
-        torch.manual_seed(seed)
-        loader = make_loader(self.train, self.params["batch_size"], shuffle=True, seed=seed,
-                             workers=self.params["workers"], drop_last=len(self.train) > self.params["batch_size"])
+        torch.manual_seed(distributed.rank_seed(seed, self.world.rank))  # the batch order is `seed`'s
+        loader = self.train_loader(seed)
         totals: dict[str, float] = {}
         if self.bar is None:  # one bar for the whole run, redrawn at most every few seconds
-            steps = len(loader)
+            steps, quiet = len(loader), not (self.params["progress"] and self.world.main)
             self.bar = tqdm(total=steps * self.params["epochs"], initial=steps * self.epoch, unit="step",
-                            mininterval=5, disable=not self.params["progress"], desc=self.model.name)
+                            mininterval=5, disable=quiet, desc=self.model.name)
         bar = self.bar
         for n, batch in enumerate(loader, start=1):
             metrics = self.model.training_step(self.to_device(batch), self.step)
@@ -180,7 +194,15 @@ class Trainer:
         for _, sched in self.optimizers.values():
             if sched is not None:
                 sched.step()
-        return {f"train_{k}": v / max(n, 1) for k, v in totals.items()}
+        return self.world.mean({f"train_{k}": v / max(n, 1) for k, v in totals.items()})
+
+    def train_loader(self, seed: int):
+        """This epoch's batches, shuffled by `seed`; on several processes, this one's shards."""
+        size, workers = self.params["batch_size"], self.params["workers"]
+        if self.world.size > 1:
+            return distributed.sharded_loader(self.train, size, self.world, seed, workers)
+        drop_last = len(self.train) > size
+        return make_loader(self.train, size, shuffle=True, seed=seed, workers=workers, drop_last=drop_last)
 
     @torch.no_grad()
     def validate(self) -> dict:
@@ -239,23 +261,37 @@ def fit(
     workers: int = 0,
     sample_patients: int = 4,
     progress: bool = True,
+    train: bool = True,
     **options,
 ) -> Path:
-    """Train `model` on a cohort; returns the run folder. `options` override model config fields."""
-    params = {k: v for k, v in locals().items() if k not in ("options",)}
+    """Train `model` on a cohort; returns the run folder. `options` override model config fields.
+
+    `batch_size` is per process: under torchrun (`rna2histo.distributed`) a step sees
+    processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
+    trained before, e.g. by ``torchrun ... -m rna2histo train``; its ``last`` checkpoint must exist.
+    """
+    params = {k: v for k, v in locals().items() if k not in ("options", "train")}
     params.update(cohort_dir=str(cohort_dir), run_dir=str(run_dir or RUNS / model / "default"), options=options)
+    if not train:
+        return trained_run(model, resolve(params["run_dir"]), progress)
     if epochs < 1 or batch_size < 1:
         raise UserError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
-    trainer = _make_trainer(params, options)
+    with distributed.session(pick_device(device)) as world:
+        return _fit(params, options, world)
+
+
+def _fit(params: dict, options: dict, world: World) -> Path:
+    trainer = _make_trainer(params, options, world)
     last = trainer.run_dir / "checkpoints" / "last.pt"
-    if resume and last.exists():
+    if params["resume"] and last.exists():
         trainer.restore(_matching_checkpoint(last, trainer))
-    else:
+    elif world.main:
         _clear_run(trainer.run_dir)
-    write_json(trainer.run_dir / "params.json", params)
-    fixed = sorted(set(trainer.val.patient.tolist()))[:sample_patients]
+    if world.main:
+        write_json(trainer.run_dir / "params.json", params)
+    fixed = sorted(set(trainer.val.patient.tolist()))[: params["sample_patients"]]
     try:
-        while trainer.epoch < epochs:
+        while trainer.epoch < params["epochs"]:
             _run_epoch(trainer, fixed)
     except NonFiniteLoss as err:
         kept = f"last good checkpoint: {last} (epoch {trainer.epoch})" if last.exists() else "no checkpoint yet"
@@ -263,14 +299,16 @@ def fit(
     finally:
         if trainer.bar is not None:
             trainer.bar.close()
-    if params["progress"]:
+    world.barrier()  # every process returns once process 0 has written the run folder
+    if params["progress"] and world.main:
         best = min(trainer.history, key=lambda r: r["val_loss"])
-        print(f"{model}: {epochs} epochs on {params['device_used']}; best val_loss {best['val_loss']:.4f} "
+        on = params["device_used"] + (f" x {world.size} processes" if world.size > 1 else "")
+        print(f"{params['model']}: {params['epochs']} epochs on {on}; best val_loss {best['val_loss']:.4f} "
               f"at epoch {best['epoch']}; run in {trainer.run_dir}")
     return trainer.run_dir
 
 
-def _make_trainer(params: dict, options: dict) -> Trainer:
+def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
     seed_everything(params["seed"])
     cohort = load_cohort(resolve(params["cohort_dir"]))
     normaliser = fit_on_training(cohort)
@@ -278,16 +316,19 @@ def _make_trainer(params: dict, options: dict) -> Trainer:
                       image_size=cohort.image_size, **options)
     net.initialise()
     params["model_notes"] = net.run_notes()
-    device = pick_device(params["device"])
+    device = world.device
     params["device_used"] = str(device)
+    params["processes"] = world.size  # the batch of a step is processes x batch_size
+    world.broadcast_state(net.to(device))
     return Trainer(
-        model=net.to(device),
+        model=net,
         run_dir=resolve(params["run_dir"]),
         params=params,
         normaliser=normaliser,
         train=TileDataset(cohort, "train", normaliser),
         val=TileDataset(cohort, "val", normaliser, augment=False),
         device=device,
+        world=world,
     )
 
 
@@ -304,6 +345,12 @@ def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
         raise UserError(
             f"{path}: cannot resume: the run was planned for {planned} epochs and its learning-rate "
             f"schedule depends on it (asked: {trainer.params['epochs']}); use epochs={planned} or a new run_dir"
+        )
+    processes = state["params"].get("processes", 1)
+    if processes != trainer.params["processes"]:
+        raise UserError(
+            f"{path}: cannot resume: the run trained on {processes} processes, a step on "
+            f"{processes} x {state['params']['batch_size']} tiles; resume it on {processes} or use a new run_dir"
         )
     return state
 
@@ -326,6 +373,8 @@ def _run_epoch(trainer: Trainer, fixed_patients: list[int]) -> None:
     started = time.perf_counter()
     row = trainer.train_epoch()
     trainer.epoch += 1
+    if not trainer.world.main:
+        return  # process 0 validates and writes; the others wait for it in the next collective
     row.update(trainer.validate())
     row = {"epoch": trainer.epoch, **row, "seconds": round(time.perf_counter() - started, 2)}
     row["peak_memory_gb"] = round(peak_memory_gb(trainer.device), 3)
