@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 PROFILE ?= demo
 NBVAL := --nbval --nbval-current-env --nbval-sanitize-with book/nbval_sanitize.cfg
 
-.PHONY: install test book clean
+.PHONY: install test book bench-demo clean
 
 install: $(STAMP)
 
@@ -24,6 +24,11 @@ test: $(STAMP)
 ## make book: run every chapter with params/$(PROFILE) (default: demo, the embedded default) and build the HTML book
 book: $(STAMP)
 	$(PY) -m rna2histo book --profile $(PROFILE)
+
+## make bench-demo: wall time and peak memory (PSS of the whole process tree) of `make book`'s
+## main job on the embedded default, against the targets <= 10 minutes and <= 3 GB
+bench-demo: $(STAMP)
+	$(PY) -m rna2histo bench --book demo
 
 clean:
 	rm -rf _build

@@ -175,6 +175,30 @@ def _run_generate(args) -> None:
     )
 
 
+def _train_command(sub) -> None:
+    train = sub.add_parser(
+        "train",
+        help="train a model with its chapter's parameters file; on N processes under torchrun",
+        description="Train MODEL (cgan, cvae, diffusion, hybrid) as its chapter does, with the "
+        "chapter's parameters from a file such as params/demo/03_diffusion.yaml; missing ones take "
+        "the chapter's defaults, and paths in the file are relative to the repository root, as in "
+        "the chapter. `torchrun --nproc_per_node N -m rna2histo train ...` trains on N processes "
+        "(one GPU each, or CPU): batch_size is then per process, a step sees N x batch_size tiles.",
+    )
+    train.add_argument("model", help="cgan, cvae, diffusion or hybrid")
+    train.add_argument("-f", "--file", dest="params_file", required=True, help="the parameters (YAML)")
+    train.add_argument("--run-dir", default=None, help="run folder (default: the file's run_dir)")
+    train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> None:
+    from .book import train_chapter
+
+    run_dir = resolve(args.run_dir) if args.run_dir else None
+    train_chapter(args.model, resolve(args.params_file), run_dir, resume=args.resume)
+
+
 def _weights_command(sub) -> None:
     weights = sub.add_parser("weights", help="pretrained weights for LPIPS and FID/KID")
     weights.add_argument("action", choices=["status", "download"])
@@ -212,14 +236,52 @@ def _run_segmentation(args) -> None:
           f"mean |relative nuclei-count error| {summary['mean_abs_count_error']:.3f}")
 
 
+def _progress(message: str) -> None:
+    """What a long command is doing, on stderr, so that stdout holds only its result."""
+    print(f"bench: {message}", file=sys.stderr, flush=True)
+
+
+def _bench_command(sub) -> None:
+    bench = sub.add_parser(
+        "bench",
+        help="training throughput and FLOP utilisation, data, generation and memory, against targets",
+        description="Measure, in one run on one device: a reference matmul rate; every model's "
+        "training step (small and thesis presets, batch 16) in images/s and FLOP utilisation; the "
+        "data pipeline; generation; the synthetic cohort build; the peak memory of an epoch over "
+        "20,000 tiles at 128 px (cached under data/bench/). Ends with the CPU targets, met or not. "
+        "--book PROFILE instead times `python -m rna2histo book --profile PROFILE` (make bench-demo).",
+    )
+    bench.add_argument("--device", default="cpu", help="cpu (default) or cuda")
+    bench.add_argument("--quick", action="store_true", help="fewer steps, no thesis training on a CPU: under a minute")
+    bench.add_argument("--json", default=None, help="also write the results to this JSON file")
+    bench.add_argument("--book", metavar="PROFILE", default=None, help="time the whole book with this profile instead")
+    bench.set_defaults(run=_run_bench)
+
+
+def _run_bench(args) -> None:
+    from . import bench
+
+    if args.book:
+        results = bench.measure_book(args.book)
+        report = bench.format_book_report(results)
+    else:
+        results = bench.run(args.device, quick=args.quick, progress=_progress)
+        report = bench.format_report(results)
+    if args.json:
+        bench.write_results(resolve(args.json), results)
+    print(report)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
     _cohort_commands(sub)
     _book_command(sub)
+    _train_command(sub)
     _generate_command(sub)
     _weights_command(sub)
     _segmentation_command(sub)
+    _bench_command(sub)
     return top
 
 
