@@ -145,19 +145,19 @@ def test_metrics_json_matches_the_measures():
     real, generated = _faithful(n_patients=20)
     scores = _scores(20, 2)
     metrics = fa.faithfulness_metrics(real, generated, scores, n_boot=100)
-    assert set(metrics) == {"morph_fd", "patient_error_ratio", "conditioning_rho",
+    assert set(metrics) == {"morph_fd", "patient_morph_error", "conditioning_spearman",
                             "retrieval_top1", "retrieval_top5"}
     json.dumps(metrics)
     for m in metrics.values():
         assert np.isfinite(m["value"]) and m["ci"][0] <= m["ci"][1]
     assert metrics["morph_fd"]["value"] == pytest.approx(fa.morph_frechet_distance(real, generated))
-    assert metrics["patient_error_ratio"]["value"] == pytest.approx(
+    assert metrics["patient_morph_error"]["value"] == pytest.approx(
         fa.patient_morph_error(real, generated)["ratio"])
     assert metrics["retrieval_top1"]["value"] == fa.patient_retrieval(real, generated)["top1"]
     summary = fa.conditioning_summary(fa.conditioning_spearman(scores, generated))
-    assert metrics["conditioning_rho"]["value"] == pytest.approx(summary)
-    lo, hi = metrics["patient_error_ratio"]["ci"]
-    assert lo <= metrics["patient_error_ratio"]["value"] <= hi
+    assert metrics["conditioning_spearman"]["value"] == pytest.approx(summary)
+    lo, hi = metrics["patient_morph_error"]["ci"]
+    assert lo <= metrics["patient_morph_error"]["value"] <= hi
 
 
 @pytest.fixture(scope="module")

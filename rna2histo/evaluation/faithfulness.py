@@ -333,11 +333,11 @@ def faithfulness_metrics(
 ) -> dict:
     """Headline measures with patient-bootstrap intervals, each {"value", "ci": [lo, hi]}.
 
-    Keys: morph_fd (on the tiles of patients in both sets), patient_error_ratio,
-    conditioning_rho (mean signed rho over MATCHING, RNA scores vs generated read-outs),
+    Keys: morph_fd (on the tiles of patients in both sets), patient_morph_error,
+    conditioning_spearman (mean signed rho over MATCHING, RNA scores vs generated read-outs),
     retrieval_top<k>. Patients: those with real and generated tiles (and scores, for
-    conditioning_rho). Per-patient errors, baselines and retrieval ranks
-    are computed once against all real patients and resampled; morph_fd and conditioning_rho
+    conditioning_spearman). Per-patient errors, baselines and retrieval ranks
+    are computed once against all real patients and resampled; morph_fd and conditioning_spearman
     are recomputed on the drawn patients' tiles.
     """
     real_z, gen_z = standardise(real, generated)
@@ -346,9 +346,9 @@ def faithfulness_metrics(
     e, b = error["error"].to_numpy(), error["baseline"].to_numpy()
     kw = {"n_boot": n_boot, "seed": seed, "level": level}
     out = {"morph_fd": _fd_bootstrap(real_z, gen_z, kw)}
-    out["patient_error_ratio"] = patient_bootstrap(lambda i: e[i].mean() / b[i].mean(), len(e), **kw)
+    out["patient_morph_error"] = patient_bootstrap(lambda i: e[i].mean() / b[i].mean(), len(e), **kw)
     _, x, y, signs = _aligned(scores, generated, MATCHING)  # raw: ranks need no common scale
-    out["conditioning_rho"] = patient_bootstrap(
+    out["conditioning_spearman"] = patient_bootstrap(
         lambda i: _summary(signs * [_spearman(x[i, j], y[i, j])[0] for j in range(len(signs))]),
         len(x), **kw,
     )

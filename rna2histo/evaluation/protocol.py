@@ -26,14 +26,12 @@ from ..errors import UserError
 from ..generate import generate, load_run
 from ..morphology import morphometrics_table
 from ..paths import resolve
-from ..rna import program_scores
 from ..markers import MARKERS
+from ..rna import fit_on_training, program_scores
 from . import faithfulness as fa
 from . import image_metrics as im
 from .stats import mean_ci, set_distance_ci, summary, unavailable
 
-PAIR_METRICS = ("ssim", "lpips")
-FAITHFULNESS = ("morph_fd", "patient_morph_error", "conditioning_spearman", "retrieval_top1", "retrieval_top5")
 
 
 @dataclass
@@ -94,8 +92,6 @@ def morphometrics_of(tiles: TileSet, mpp: float | None) -> pd.DataFrame:
 
 def rna_scores(cohort) -> pd.DataFrame:
     """(patients, programs) program scores of every patient, z-scored on the training patients."""
-    from ..rna import fit_on_training
-
     z, _ = fit_on_training(cohort).transform(cohort.rna)
     return program_scores(z, MARKERS)
 
@@ -153,15 +149,8 @@ def inception_metrics(real: TileSet, gen: TileSet, features, s: Settings) -> dic
 
 
 def faithfulness_metrics(real_m: pd.DataFrame, gen_m: pd.DataFrame, scores: pd.DataFrame, s: Settings) -> dict:
-    """The faithfulness measures under the names of metrics.json, each {"value", "ci"}."""
-    found = fa.faithfulness_metrics(real_m, gen_m, scores, n_boot=s.n_boot, seed=s.seed)
-    return {
-        "morph_fd": found["morph_fd"],
-        "patient_morph_error": found["patient_error_ratio"],
-        "conditioning_spearman": found["conditioning_rho"],
-        "retrieval_top1": found["retrieval_top1"],
-        "retrieval_top5": found["retrieval_top5"],
-    }
+    """The faithfulness measures under their metrics.json names, each {"value", "ci"}."""
+    return fa.faithfulness_metrics(real_m, gen_m, scores, n_boot=s.n_boot, seed=s.seed)
 
 
 def evaluate_set(real: TileSet, gen: TileSet, scores, s: Settings, lpips_net=None, features=None, real_m=None):
