@@ -211,4 +211,5 @@ def headline_markdown(metrics: dict, source: str) -> str:
     ]
     for name, reason in unavailable_reasons(metrics)["reason"].items():
         lines.append(f"- {name} unavailable: {reason}")
+    lines.append("")  # the page goes on after the include
     return "\n".join(lines)
