@@ -32,6 +32,7 @@ from tqdm import tqdm  # plain: tqdm.auto warns in a notebook without ipywidgets
 from ..errors import UserError
 from ..paths import atomic_write, resolve
 from . import gdc, xena
+from .http import safe_name
 from .folder import TILE_COLUMNS
 from .format import CohortWriter, check_output
 from .rna_table import clean_rna, counted
@@ -95,8 +96,6 @@ def _rna(url: str, cache: Path) -> tuple[pd.DataFrame, dict]:
 
 def _paths(cache: Path, file_id: str) -> tuple[Path, Path]:
     """(tiles .npy, record .json) of one slide; file ids are GDC UUIDs, made safe anyway."""
-    from .http import safe_name
-
     name = safe_name(file_id)
     return cache / "tiles" / f"{name}.npy", cache / "records" / f"{name}.json"
 
@@ -144,28 +143,23 @@ def _process_slides(slides: pd.DataFrame, job: dict, workers: int, progress: boo
     bar = tqdm(total=len(todo), desc="slides", unit="slide", disable=not progress or not todo)
     if workers == 1:  # in this process: simpler to debug, and what the tests exercise first
         for row in todo:
-            _run_one(row, job, failed)
+            _settle(lambda row=row: process_slide(row, job), row, failed)
             bar.update()
     else:
         with ProcessPoolExecutor(max_workers=workers) as pool:
             futures = {pool.submit(process_slide, row, job): row for row in todo}
             for future in as_completed(futures):
-                _collect(future, futures[future], failed)
+                _settle(future.result, futures[future], failed)
                 bar.update()
     bar.close()
     return failed
 
 
-def _run_one(row: dict, job: dict, failed: dict) -> None:
+def _settle(outcome, row: dict, failed: dict) -> None:
+    """Call `outcome` (a slide's processing, or its future's result); a download that failed
+    after its retries is noted in `failed` and left unrecorded, so the next run tries again."""
     try:
-        process_slide(row, job)
-    except UserError as err:  # a download that failed after its retries: next run tries again
-        failed[row["file_name"]] = str(err)
-
-
-def _collect(future, row: dict, failed: dict) -> None:
-    try:
-        future.result()
+        outcome()
     except UserError as err:
         failed[row["file_name"]] = str(err)
 
