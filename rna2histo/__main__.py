@@ -189,6 +189,9 @@ def _train_command(sub) -> None:
     train.add_argument("-f", "--file", dest="params_file", required=True, help="the parameters (YAML)")
     train.add_argument("--run-dir", default=None, help="run folder (default: the file's run_dir)")
     train.add_argument("--resume", action="store_true", help="continue from the run's last checkpoint")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile each network (the rest of the GPU fast path is on by "
+                       "default on CUDA)")
     train.set_defaults(run=_run_train)
 
 
@@ -196,7 +199,7 @@ def _run_train(args) -> None:
     from .book import train_chapter
 
     run_dir = resolve(args.run_dir) if args.run_dir else None
-    train_chapter(args.model, resolve(args.params_file), run_dir, resume=args.resume)
+    train_chapter(args.model, resolve(args.params_file), run_dir, resume=args.resume, compile=args.compile)
 
 
 def _weights_command(sub) -> None:

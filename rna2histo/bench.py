@@ -6,8 +6,9 @@
   measured again right after each model's steps, so that a machine whose load drifts during the
   run slows the step and its reference alike;
 - per model and preset, the training step exactly as the loop runs it (the model's own
-  ``training_step`` through a real `rna2histo.train.Step`, then ``on_step_end``) on a fixed random
-  batch: images/s and the model FLOP utilisation
+  ``training_step`` through a real `rna2histo.train.Step`, then ``on_step_end``, with the loop's
+  default fast path, `rna2histo.fastpath`: on CUDA channels_last, fused optimisers and cuDNN
+  benchmark mode, on a CPU none) on a fixed random batch: images/s and the model FLOP utilisation
 
       MFU = F / t / R,   F = FLOPs of one step, t = median seconds per step,
 
@@ -49,6 +50,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from .cohort import CohortWriter, is_cohort, load_cohort, split_patients
 from .data import TileDataset, make_loader
 from .errors import UserError
+from .fastpath import FastPath, fast_path
 from .models import MODELS, STUDY_GENES, build_model
 from .paths import DATA, PARAMS, ROOT
 from .rna import fit_on_training
@@ -190,19 +192,21 @@ def random_batch(batch_size: int, image_size: int, n_genes: int, device: torch.d
 def measure_training(name: str, preset: str, device: torch.device, s: Settings) -> dict:
     """One model's training step at batch `s.batch_size`: FLOPs, median seconds, images/s."""
     image_size, n_genes = s.shapes[preset]
-    model = _model(name, preset, image_size, n_genes, device).train()
-    step = Step(model.configure_optimizers(epochs=1), device)  # amp as in training: bf16 on CUDA
-    batch = random_batch(s.batch_size, image_size, n_genes, device)
+    fast = fast_path(device)  # `fit`'s defaults on this device
+    model = fast.prepare(_model(name, preset, image_size, n_genes, device).train())
+    step = Step(model.configure_optimizers(epochs=1, fused=fast.fused), device)  # amp: bf16 on CUDA
+    batch = fast.to_device(random_batch(s.batch_size, image_size, n_genes, device), device)
 
     def one_step():  # what `Trainer.train_epoch` does per batch
         model.training_step(batch, step)
         model.on_step_end()
         sync(device)
 
-    flops = count_flops(one_step)  # the first step: counts, and warms up
-    for _ in range(s.warmup_steps):
-        one_step()
-    times = time_calls(one_step, s.min_steps, s.max_steps, s.budget_s)
+    with fast.backends():
+        flops = count_flops(one_step)  # the first step: counts, and warms up
+        for _ in range(s.warmup_steps):
+            one_step()
+        times = time_calls(one_step, s.min_steps, s.max_steps, s.budget_s)
     step_s = statistics.median(times)
     return {"images_per_s": s.batch_size / step_s, "step_s": step_s, "flops_per_step": flops,
             "steps": len(times), "image_size": image_size, "n_genes": n_genes,
@@ -252,16 +256,18 @@ def epoch_cohort(s: Settings) -> Path:
     return out
 
 
-def tile_loader(cohort_dir: Path, batch_size: int, augment: bool):
-    """Every tile of a cohort, shuffled and (optionally) augmented, as training reads them."""
+def tile_loader(cohort_dir: Path, batch_size: int, augment: bool, fast: FastPath = FastPath()):
+    """Every tile of a cohort, shuffled and (optionally) augmented, as training reads them:
+    with `fast`'s workers and pinned memory (`fit`'s defaults: none on a CPU)."""
     cohort = load_cohort(cohort_dir)
     data = TileDataset(cohort, None, fit_on_training(cohort), augment=augment)
-    return make_loader(data, batch_size, shuffle=True, seed=0)  # workers=0, as `fit` by default
+    return make_loader(data, batch_size, shuffle=True, seed=0, workers=fast.workers,
+                       pin_memory=fast.pin_memory)
 
 
-def pipeline_rate(cohort_dir: Path, batch_size: int) -> float:
+def pipeline_rate(cohort_dir: Path, batch_size: int, fast: FastPath = FastPath()) -> float:
     """Images/s of the augmented loader over one pass of a cohort whose pages are cached."""
-    loader = tile_loader(cohort_dir, batch_size, augment=True)
+    loader = tile_loader(cohort_dir, batch_size, augment=True, fast=fast)
     next(iter(loader))  # warm-up: first use of every transform
     started = time.perf_counter()
     n = sum(len(x) for x, _, _ in loader)
@@ -365,11 +371,13 @@ def run(device="cpu", quick=False, settings: Settings | None = None, progress=No
     out = {"device": device_name(dev), "device_type": dev.type, "torch": torch.__version__,
            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "quick": s.quick,
            "settings": plain}
+    fast = fast_path(dev)  # `fit`'s defaults here: what the training steps and the loader run with
+    out["fast_path"] = dataclasses.asdict(fast)
     out["models"] = _training(dev, s, say)
     references = [m["reference_flops_per_s"] for ps in out["models"].values() for m in ps.values()
                   if m["images_per_s"] is not None]
     out["reference_flops_per_s"] = statistics.median(references)
-    out.update(_pipeline(s, out["models"], say))
+    out.update(_pipeline(s, out["models"], fast, say))
     out["generation_ms_per_image"] = _generation(dev, s, say)
     say("cohort: build_synthetic")
     out["cohort_tiles_per_s"] = cohort_build_rate(*s.cohort)
@@ -405,16 +413,16 @@ def _fastest(models: dict) -> tuple[str, str, dict]:
     return max(measured, key=lambda item: item[2]["images_per_s"])
 
 
-def _pipeline(s: Settings, models: dict, say) -> dict:
+def _pipeline(s: Settings, models: dict, fast: FastPath, say) -> dict:
     """The loader at the fastest model's image size and genes, against that model's images/s."""
     name, preset, fastest = _fastest(models)
     say(f"data pipeline: {s.pipeline_tiles} tiles at {fastest['image_size']} px")
     with tempfile.TemporaryDirectory() as tmp:
         cohort = random_cohort(Path(tmp) / "cohort", s.pipeline_tiles, fastest["image_size"],
                                fastest["n_genes"], patients=50)
-        rate = pipeline_rate(cohort, s.batch_size)
+        rate = pipeline_rate(cohort, s.batch_size, fast)
         with intra_op_threads(1):  # a diagnosis: what the per-tile ops cost without OpenMP fork-joins
-            rate_1 = pipeline_rate(cohort, s.batch_size)
+            rate_1 = pipeline_rate(cohort, s.batch_size, fast)
     detail = {"image_size": fastest["image_size"], "n_genes": fastest["n_genes"],
               "fastest_model": f"{name} {preset}", "fastest_images_per_s": fastest["images_per_s"],
               "images_per_s_one_thread": rate_1}
@@ -569,6 +577,7 @@ def _training_lines(r: dict) -> list[str]:
     title = (
         f"training step at batch {s['batch_size']} ({shapes}): median of the timed steps after "
         f"{1 + s['warmup_steps']} warm-up; FLOPs of one step (forward, backward, every optimiser)"
+        f"{_fast_path_note(r)}"
     )
     columns = (
         f"{'model':<10}{'preset':<8}{'images/s':>10}{'ms/step':>10}{'GFLOP/step':>12}"
@@ -598,7 +607,7 @@ def _data_lines(r: dict) -> list[str]:
     patients, tiles, cohort_px, cohort_genes = s["cohort"]
     augment = "augmented" if s["epoch_augment"] else "not augmented (quick)"
     pipeline = (
-        f"data pipeline (TileDataset + make_loader, augmented, batch {s['batch_size']}, workers 0, "
+        f"data pipeline (TileDataset + make_loader, augmented, batch {s['batch_size']}, {_loader_note(r)}, "
         f"{p['image_size']} px, {p['n_genes']} genes): {r['data_pipeline_images_per_s']:,.0f} images/s "
         f"= {r['data_pipeline_ratio']:.1f}x the fastest model ({p['fastest_model']}, "
         f"{p['fastest_images_per_s']:.1f} images/s); with 1 intra-op thread "
@@ -623,6 +632,18 @@ def _data_lines(r: dict) -> list[str]:
         f"{e['images_per_s']:,.0f} images/s"
     )
     return [pipeline, generation, cohort, epoch]
+
+
+def _fast_path_note(r: dict) -> str:
+    """The fast path's switches the steps ran with (none on a CPU), for the training title."""
+    fast = r.get("fast_path", {})  # absent in results saved before the fast path
+    on = [k for k in ("channels_last", "fused", "cudnn_benchmark", "compile") if fast.get(k)]
+    return f"; fast path: {', '.join(on)}" if on else ""
+
+
+def _loader_note(r: dict) -> str:
+    fast = r.get("fast_path", {})
+    return f"workers {fast.get('workers', 0)}" + (", pinned memory" if fast.get("pin_memory") else "")
 
 
 def _gb(value) -> str:

@@ -85,14 +85,16 @@ def training_parameters(model: str, path: Path) -> dict:
     return {**defaults, **values}
 
 
-def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False) -> Path:
+def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False,
+                  compile: bool = False) -> Path:
     """Train `model` as its chapter does, with the chapter's parameters from `params_file`.
 
     Missing parameters take the chapter's defaults; ``image_size`` is checked against the cohort,
     which is built from the embedded default if missing (as in the chapter); every other parameter
     goes to `rna2histo.train.fit`. A chapter's ``train`` is ignored: this trains. `run_dir` and
-    `resume` override the file. Under torchrun every process calls this and process 0 builds a
-    missing cohort before the others read it; ``batch_size`` is then per process.
+    `resume` override the file; `compile` turns on ``torch.compile`` (`rna2histo.fastpath`). Under
+    torchrun every process calls this and process 0 builds a missing cohort before the others read
+    it; ``batch_size`` is then per process.
     """
     from . import distributed
     from .train import fit, pick_device
@@ -103,6 +105,7 @@ def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, re
     if run_dir is not None:
         params["run_dir"] = str(run_dir)
     params["resume"] = params.get("resume", False) or resume
+    params["compile"] = params.get("compile", False) or compile
     with distributed.session(pick_device(params["device"])) as world:
         with world.main_first():
             ensure_cohort(params["cohort_dir"], image_size)

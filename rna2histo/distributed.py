@@ -154,9 +154,16 @@ def average_gradients(params: list[torch.Tensor], loss: float, world: World) -> 
     offset = 0
     for p, seen in zip(params, reached):
         n = p.numel()
-        p.grad = flat[offset : offset + n].view_as(p).to(p.dtype) if seen > 0 else None
+        p.grad = _as_grad_of(p, flat[offset : offset + n]) if seen > 0 else None
         offset += n
     return float(flat[-1])
+
+
+def _as_grad_of(p: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """`values` (flat, logical order) as a gradient of `p`, strided like `p` (e.g. channels_last):
+    autograd gives gradients the parameter's layout, and CUDA's fused Adam refuses any other."""
+    grad = values.view_as(p).to(p.dtype)
+    return grad if grad.stride() == p.stride() else torch.empty_like(p).copy_(grad)
 
 
 class ShardedBatches(Sampler):
@@ -187,7 +194,8 @@ def _seed_worker(rank: int, worker_id: int) -> None:
     np.random.seed(seed % 2**32)
 
 
-def sharded_loader(dataset, batch_size: int, world: World, seed: int, workers: int = 0) -> DataLoader:
+def sharded_loader(dataset, batch_size: int, world: World, seed: int, workers: int = 0,
+                   pin_memory: bool = False) -> DataLoader:
     """This process's `batch_size` tiles of every shuffled batch of ``world.size * batch_size``.
 
     The sampler and the loader share one generator seeded with `seed`, drawn in the order
@@ -209,4 +217,5 @@ def sharded_loader(dataset, batch_size: int, world: World, seed: int, workers: i
         generator=generator,
         persistent_workers=workers > 0,
         worker_init_fn=functools.partial(_seed_worker, world.rank) if workers > 0 else None,
+        pin_memory=pin_memory,
     )

@@ -4,8 +4,10 @@ A generator is an `nn.Module` that
 
 - is built from its config dataclass: ``Model(cfg)``; ``cfg.n_genes`` and ``cfg.image_size``
   come from the data, the rest from a preset (``small`` for a CPU, ``thesis`` for the study);
-- names its optimisers and LR schedules: ``configure_optimizers(epochs) -> {name: (opt, sched)}``
-  (the GANs have ``"g"`` and ``"d"``, the others one ``"main"``); schedules step once per epoch;
+- names its optimisers and LR schedules: ``configure_optimizers(epochs, fused=False) ->
+  {name: (opt, sched)}`` (the GANs have ``"g"`` and ``"d"``, the others one ``"main"``);
+  schedules step once per epoch; every optimiser is built by `adam`, which takes ``fused``
+  (the loop asks for fused kernels on CUDA, `rna2histo.fastpath`);
 - takes one optimisation step per batch: ``training_step(batch, step) -> {metric: float}``,
   computing its losses under ``step.autocast()`` and handing each to ``step(name, loss)``,
   which backpropagates, clips, steps and zeroes that optimiser (and refuses non-finite losses);
@@ -59,7 +61,7 @@ class Generator(nn.Module):
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
 
-    def configure_optimizers(self, epochs: int) -> dict:
+    def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
         raise NotImplementedError
 
     def training_step(self, batch, step) -> dict[str, float]:
@@ -97,6 +99,16 @@ def init_weights(module: nn.Module) -> None:
     elif isinstance(module, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and module.weight is not None:
         nn.init.normal_(module.weight, 1.0, 0.02)
         nn.init.zeros_(module.bias)
+
+
+def adam(params, fused: bool = False, decoupled: bool = False, **kw) -> torch.optim.Optimizer:
+    """Adam, or AdamW when `decoupled` (weight decay apart from the gradient), for every model.
+
+    ``fused``: one kernel updates all parameters (CUDA's fast path). Unfused, torch chooses the
+    implementation as it always did (fused=None), so the CPU path stays the same bit for bit.
+    """
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(params, fused=True if fused else None, **kw)
 
 
 def count_parameters(module: nn.Module) -> int:

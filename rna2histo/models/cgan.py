@@ -21,7 +21,7 @@ from torch import nn
 
 from ..nets.conv import DownStack, UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
-from .base import Generator, ModelConfig, count_parameters, init_weights, statistics_error
+from .base import Generator, ModelConfig, adam, count_parameters, init_weights, statistics_error
 
 
 @dataclass
@@ -157,10 +157,10 @@ class CGAN(Generator):
             "discriminator": count_parameters(self.discriminator),
         }
 
-    def configure_optimizers(self, epochs: int) -> dict:
+    def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
         cfg, out = self.cfg, {}
         for name, net, lr in (("d", self.discriminator, cfg.lr_d), ("g", self.generator, cfg.lr_g)):
-            opt = torch.optim.Adam(net.parameters(), lr=lr, betas=cfg.betas)
+            opt = adam(net.parameters(), fused, lr=lr, betas=cfg.betas)
             out[name] = (opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs)))
         return out
 

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..nets.conv import DownStack, UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
-from .base import Generator, ModelConfig, count_parameters, init_weights
+from .base import Generator, ModelConfig, adam, count_parameters, init_weights
 
 LOGVAR_RANGE = (-30.0, 20.0)  # keeps exp(log sigma^2) finite under fp16 autocast
 
@@ -97,9 +97,9 @@ class CVAE(Generator):
     def parameter_counts(self) -> dict[str, int]:
         return {"model": count_parameters(self)}
 
-    def configure_optimizers(self, epochs: int) -> dict:
+    def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
         cfg = self.cfg
-        opt = torch.optim.Adam(self.parameters(), lr=cfg.lr, betas=cfg.betas)
+        opt = adam(self.parameters(), fused, lr=cfg.lr, betas=cfg.betas)
         return {"main": (opt, torch.optim.lr_scheduler.StepLR(opt, cfg.lr_step, cfg.lr_gamma))}
 
     def losses(self, x, c, stochastic: bool = True) -> dict[str, torch.Tensor]:

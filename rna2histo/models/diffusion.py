@@ -28,7 +28,7 @@ from torch import nn
 from ..errors import UserError
 from ..nets.rna import RNAEncoder
 from ..nets.unet import UNet
-from .base import Generator, ModelConfig, count_parameters, init_weights
+from .base import Generator, ModelConfig, adam, count_parameters, init_weights
 
 
 @dataclass
@@ -138,9 +138,10 @@ class Diffusion(Generator):
         self.ema.eval()  # the EMA copy only ever evaluates: no dropout
         return self
 
-    def configure_optimizers(self, epochs: int) -> dict:
+    def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
         cfg = self.cfg
-        opt = torch.optim.AdamW(self.net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = adam(self.net.parameters(), fused, decoupled=True, lr=cfg.lr,
+                   weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(epochs, 1))
         return {"main": (opt, sched)}
 
@@ -159,7 +160,8 @@ class Diffusion(Generator):
     def training_step(self, batch, step) -> dict[str, float]:
         x, c, _ = batch
         t = torch.randint(0, self.cfg.timesteps, (len(x),), device=x.device)
-        noise = torch.randn_like(x)
+        # not randn_like: it fills a channels_last x in memory order, so the layout would change the noise
+        noise = torch.randn(x.shape, dtype=x.dtype, device=x.device)
         drop = torch.rand(len(x), device=x.device) < self.cfg.cond_dropout
         with step.autocast():
             loss = self.eps_loss(self.net, x, c, t, noise, drop)

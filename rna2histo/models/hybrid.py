@@ -33,7 +33,7 @@ from .. import weights
 from ..errors import UserError
 from ..nets.conv import UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
-from .base import Generator, ModelConfig, count_parameters, init_weights
+from .base import Generator, ModelConfig, adam, count_parameters, init_weights
 from .cgan import Discriminator, bce
 from .cvae import Encoder, kl_standard_normal, reparameterise
 
@@ -142,13 +142,13 @@ class Hybrid(Generator):
         vae = sum(p.numel() for p in self.vae_parameters())
         return {"generator": vae, "discriminator": count_parameters(self.discriminator)}
 
-    def configure_optimizers(self, epochs: int) -> dict:
+    def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
         cfg, out = self.cfg, {}
         for name, params, lr in (
             ("d", self.discriminator.parameters(), cfg.lr_d),
             ("g", self.vae_parameters(), cfg.lr_g),
         ):
-            opt = torch.optim.Adam(params, lr=lr, betas=cfg.betas)
+            opt = adam(params, fused, lr=lr, betas=cfg.betas)
             out[name] = (opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs)))
         return out
 
