@@ -38,4 +38,5 @@ def conditioning(trained: LoadedRun, cohort, seed: int = 0, n_noise: int = 4) ->
     """The conditioning difference over held-out (val and test) patients, with its shuffled baseline."""
     held_out = cohort.patients("val") + cohort.patients("test")
     c, _ = trained.normaliser.transform(cohort.rna.loc[held_out])
-    return pd.Series(conditioning_difference(trained.model, c.to_numpy(), n_noise=n_noise, seed=seed)).round(4)
+    result = conditioning_difference(trained.model, c.to_numpy(), n_noise=n_noise, seed=seed, encode=trained.condition)
+    return pd.Series(result).round(4)

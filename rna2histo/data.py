@@ -63,12 +63,13 @@ def to_uint8(x: torch.Tensor) -> np.ndarray:
 class TileDataset(Dataset):
     """Tiles of one split with their patients' normalised RNA; augmented on `train` by default."""
 
-    def __init__(self, cohort: Cohort, split: str | None, normaliser: Normaliser, augment=None):
+    def __init__(self, cohort: Cohort, split: str | None, normaliser: Normaliser, augment=None, latent=None):
         self.tiles_path = cohort.root / "tiles.npy"
         self.indices = cohort.tile_indices(split)
         patients = cohort.patients()
         z, self.alignment = normaliser.transform(cohort.rna)
-        self.c = torch.tensor(z.to_numpy())  # (P, G) for every cohort patient
+        # (P, G) for every cohort patient, or (P, k) through a fitted RNA latent (rna2histo.latent)
+        self.c = torch.tensor(latent.encode(z) if latent is not None else z.to_numpy(), dtype=torch.float32)
         position = {p: i for i, p in enumerate(patients)}
         ids = cohort.tiles_table["patient_id"].to_numpy()[self.indices]
         self.patient = torch.tensor([position[p] for p in ids], dtype=torch.long)

@@ -2,7 +2,8 @@
 
 The run's checkpoint carries the fitted normaliser, so a new profile is aligned to the training
 genes by symbol (missing genes take the training median, extra genes are ignored) and
-z-scored exactly as the training data were; the alignment is reported.
+z-scored exactly as the training data were; the alignment is reported. A run conditioned on a
+compact RNA latent (``rna_encoder`` pca or betavae) carries that fitted latent too.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from PIL import Image
 
 from .data import to_uint8
 from .errors import where
+from .latent import Latent
 from .models import Generator, model_class
 from .rna import Normaliser
 from .runs import load_checkpoint
@@ -28,6 +30,12 @@ class LoadedRun:
     model: Generator
     normaliser: Normaliser
     checkpoint: dict  # everything but the state dicts: epoch, params, config, best_val
+    latent: Latent | None = None  # the run's RNA latent (None: the model reads the genes)
+
+    def condition(self, z) -> np.ndarray:
+        """What the model is conditioned on, from normalised profiles (P, G): the genes or their latent."""
+        z = np.asarray(z, dtype=np.float32)
+        return z if self.latent is None else self.latent.encode(z)
 
 
 def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
@@ -45,7 +53,9 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
         raise where(path, f"does not match this version's {state['model']} ({first}); retrain the run") from None
     model.to(device).eval()
     meta = {k: v for k, v in state.items() if k not in ("state_dict", "optimizers", "schedulers", "scaler")}
-    return LoadedRun(model, Normaliser.from_state_dict(state["normaliser"]), meta)
+    latent = state.get("rna_latent")  # absent in checkpoints written before latents existed
+    latent = None if latent is None else Latent.from_state_dict(latent)
+    return LoadedRun(model, Normaliser.from_state_dict(state["normaliser"]), meta, latent)
 
 
 @torch.no_grad()
@@ -58,7 +68,7 @@ def generate(
     """
     z, alignment = run.normaliser.transform(rna)
     device = next(run.model.parameters()).device
-    c = torch.tensor(z.to_numpy()).repeat_interleave(n, 0)
+    c = torch.tensor(run.condition(z)).repeat_interleave(n, 0)
     generator = torch.Generator(device).manual_seed(seed)
     images = [
         to_uint8(run.model.sample(c[i : i + batch_size].to(device), generator=generator, **sample_kw))

@@ -3,7 +3,8 @@
 The loop knows no model's losses: a model's ``training_step`` computes them and hands each to
 `Step`, which backpropagates, clips the gradient norm at 1.0 and steps (see
 `rna2histo.models.base`). The loop owns everything else: seeding, the device, mixed precision,
-validation, ``metrics.csv``, fixed-noise sample grids and checkpoints (`rna2histo.runs`).
+the GPU fast path (`rna2histo.fastpath`), validation, ``metrics.csv``, fixed-noise sample grids
+and checkpoints (`rna2histo.runs`).
 
 Every epoch re-seeds from (seed, epoch), so a run stopped after epoch k and resumed from its
 ``last`` checkpoint draws exactly the batches, augmentations and noise of an uninterrupted run.
@@ -16,6 +17,7 @@ alone validates and writes the run folder.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import random
 import resource
@@ -34,6 +36,8 @@ from .cohort import load_cohort
 from .data import TileDataset, make_loader, to_uint8
 from .distributed import World
 from .errors import UserError
+from .fastpath import SWITCHES, FastPath, fast_path
+from .latent import Latent, fit_latent, reconstruction_report
 from .models import Generator, build_model
 from .paths import RUNS, atomic_write, resolve
 from .rna import Normaliser, fit_on_training
@@ -126,15 +130,26 @@ class Trainer:
     val: TileDataset
     device: torch.device
     world: World = field(default_factory=World)
+    latent: Latent | None = None  # the frozen RNA latent between normaliser and model, if any
     optimizers: dict = field(default_factory=dict)
     epoch: int = 0
     best_val: float = math.inf
     history: list = field(default_factory=list)
     bar: tqdm | None = None
+    fast: FastPath = field(init=False, repr=False)
 
     def __post_init__(self):
-        self.optimizers = self.model.configure_optimizers(self.params["epochs"])
+        self.fast = self.resolve_fast_path()  # before the optimisers: compile and layout act on the model
+        self.optimizers = self.model.configure_optimizers(self.params["epochs"], fused=self.fast.fused)
         self.step = Step(self.optimizers, self.device, amp=self.params["amp"], world=self.world)
+
+    def resolve_fast_path(self) -> FastPath:
+        """The fast path's switches resolved for this device, recorded in params; the model prepared."""
+        switches = {k: self.params[k] for k in SWITCHES if k in self.params}
+        fast = fast_path(self.device, self.world.size, **switches)
+        self.params["fast_path"] = dataclasses.asdict(fast)  # what ran, in params.json and checkpoints
+        fast.prepare(self.model)
+        return fast
 
     # -- checkpoints
     def state(self) -> dict:
@@ -146,6 +161,7 @@ class Trainer:
             "schedulers": {n: s.state_dict() for n, (_, s) in self.optimizers.items() if s is not None},
             "scaler": self.step.scaler.state_dict(),
             "normaliser": self.normaliser.state_dict(),
+            "rna_latent": None if self.latent is None else self.latent.state_dict(),
             "epoch": self.epoch,
             "best_val": self.best_val,
             "params": self.params,
@@ -198,18 +214,20 @@ class Trainer:
 
     def train_loader(self, seed: int):
         """This epoch's batches, shuffled by `seed`; on several processes, this one's shards."""
-        size, workers = self.params["batch_size"], self.params["workers"]
+        size, workers, pin = self.params["batch_size"], self.fast.workers, self.fast.pin_memory
         if self.world.size > 1:
-            return distributed.sharded_loader(self.train, size, self.world, seed, workers)
+            return distributed.sharded_loader(self.train, size, self.world, seed, workers, pin_memory=pin)
         drop_last = len(self.train) > size
-        return make_loader(self.train, size, shuffle=True, seed=seed, workers=workers, drop_last=drop_last)
+        return make_loader(self.train, size, shuffle=True, seed=seed, workers=workers, drop_last=drop_last,
+                           pin_memory=pin)
 
     @torch.no_grad()
     def validate(self) -> dict:
         self.model.eval()
         torch.manual_seed(self.params["seed"])  # the same validation noise every epoch
         totals, batches = {}, 0
-        for batch in make_loader(self.val, self.params["batch_size"], shuffle=False):
+        val = make_loader(self.val, self.params["batch_size"], shuffle=False, pin_memory=self.fast.pin_memory)
+        for batch in val:
             with self.step.autocast():
                 metrics = self.model.validation_step(self.to_device(batch))
             for k, v in metrics.items():
@@ -218,7 +236,7 @@ class Trainer:
         return {f"val_{k}": v / max(batches, 1) for k, v in totals.items()}
 
     def to_device(self, batch):
-        return [t.to(self.device, non_blocking=True) for t in batch]
+        return self.fast.to_device(batch, self.device)
 
     @torch.no_grad()
     def sample_grid(self, patients: list[int], per_patient: int = 4) -> np.ndarray:
@@ -258,17 +276,34 @@ def fit(
     resume: bool = False,
     amp: bool = True,
     ckpt_every: int = 10,
-    workers: int = 0,
+    workers: int | str = "auto",
+    channels_last: bool | None = None,
+    fused: bool | None = None,
+    cudnn_benchmark: bool | None = None,
+    compile: bool = False,
     sample_patients: int = 4,
     progress: bool = True,
     train: bool = True,
+    rna_encoder: str = "mlp",
+    rna_latent: int = 200,
+    rna_beta: float = 1.0,
     **options,
 ) -> Path:
     """Train `model` on a cohort; returns the run folder. `options` override model config fields.
 
+    `rna_encoder` conditions the model on all normalised genes (``mlp``, the study) or on a
+    compact latent fitted on the training patients (``pca`` with `rna_latent` components, or
+    ``betavae`` with a `rna_latent`-dimensional posterior mean and KL weight `rna_beta`); see
+    `rna2histo.latent`. The fitted latent is saved in every checkpoint.
+
     `batch_size` is per process: under torchrun (`rna2histo.distributed`) a step sees
     processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
     trained before, e.g. by ``torchrun ... -m rna2histo train``; its ``last`` checkpoint must exist.
+
+    The GPU fast path (`rna2histo.fastpath`): `channels_last`, `fused` optimisers,
+    `cudnn_benchmark` and loader `workers` with pinned memory are on where the device is CUDA when
+    left at None / "auto", off elsewhere; `compile` (``torch.compile`` of each network) is opt-in.
+    params.json records them as asked and, under ``fast_path``, as resolved.
     """
     params = {k: v for k, v in locals().items() if k not in ("options", "train")}
     params.update(cohort_dir=str(cohort_dir), run_dir=str(run_dir or RUNS / model / "default"), options=options)
@@ -291,8 +326,9 @@ def _fit(params: dict, options: dict, world: World) -> Path:
         write_json(trainer.run_dir / "params.json", params)
     fixed = sorted(set(trainer.val.patient.tolist()))[: params["sample_patients"]]
     try:
-        while trainer.epoch < params["epochs"]:
-            _run_epoch(trainer, fixed)
+        with trainer.fast.backends():  # cuDNN benchmark mode for this run only
+            while trainer.epoch < params["epochs"]:
+                _run_epoch(trainer, fixed)
     except NonFiniteLoss as err:
         kept = f"last good checkpoint: {last} (epoch {trainer.epoch})" if last.exists() else "no checkpoint yet"
         raise NonFiniteLoss(f"{trainer.run_dir}: {err} in epoch {trainer.epoch + 1}; {kept}") from None
@@ -312,7 +348,9 @@ def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
     seed_everything(params["seed"])
     cohort = load_cohort(resolve(params["cohort_dir"]))
     normaliser = fit_on_training(cohort)
-    net = build_model(params["model"], params["model_size"], n_genes=normaliser.n_genes,
+    latent = _fit_latent(params, cohort, normaliser)
+    n_condition = normaliser.n_genes if latent is None else latent.dim
+    net = build_model(params["model"], params["model_size"], n_genes=n_condition,
                       image_size=cohort.image_size, **options)
     net.initialise()
     params["model_notes"] = net.run_notes()
@@ -325,15 +363,33 @@ def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
         run_dir=resolve(params["run_dir"]),
         params=params,
         normaliser=normaliser,
-        train=TileDataset(cohort, "train", normaliser),
-        val=TileDataset(cohort, "val", normaliser, augment=False),
+        train=TileDataset(cohort, "train", normaliser, latent=latent),
+        val=TileDataset(cohort, "val", normaliser, augment=False, latent=latent),
         device=device,
         world=world,
+        latent=latent,
     )
+
+
+def _fit_latent(params: dict, cohort, normaliser) -> Latent | None:
+    """The run's RNA latent, with its reconstruction error and variance kept per split in params."""
+    latent = fit_latent(params["rna_encoder"], cohort, normaliser, dim=params["rna_latent"],
+                        beta=params["rna_beta"], seed=params["seed"])
+    if latent is not None:
+        splits = {s: normaliser.transform(cohort.rna.loc[cohort.patients(s)])[0] for s in ("train", "val", "test")}
+        report = reconstruction_report(latent, splits, splits["train"])
+        settings = {k: v for k, v in latent.settings.items() if k != "history"}
+        params["rna_latent_fit"] = {"dim": latent.dim, **settings, "report": report.round(4).to_dict("index")}
+    return latent
 
 
 def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     state = load_checkpoint(path, map_location=trainer.device)
+    encoder = state["params"].get("rna_encoder", "mlp"), state["params"].get("rna_latent_fit")
+    if encoder != (trainer.params["rna_encoder"], trainer.params.get("rna_latent_fit")):
+        dim = "" if encoder[1] is None else f" with {encoder[1]['dim']} dimensions"
+        raise UserError(f"{path}: cannot resume: the run was conditioned through rna_encoder={encoder[0]!r}{dim}; "
+                        "use the same rna_encoder settings or another run_dir")
     if state["model"] != trainer.model.name or state["config"] != trainer.model.cfg.to_dict():
         raise UserError(f"{path}: cannot resume: it holds a different model or config; use another run_dir")
     notes = state["params"].get("model_notes", {})
