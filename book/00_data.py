@@ -27,7 +27,7 @@
 # %% tags=["parameters"]
 source = "synthetic"  # "synthetic" (simulated, ground truth known), "folder" (your data) or "tcga"
 cohort_dir = "data/cohorts/smoke"  # where the cohort is written, relative to the repository root
-patients = 12  # synthetic: number of patients
+patients = 16  # synthetic: number of patients (16: both labels among the 2 test patients, chapter 06)
 tiles_per_patient = 6  # synthetic: tiles per patient; tcga: at most this many per patient
 image_size = 64  # tile side in pixels after resizing
 genes = 500  # synthetic: genes per RNA profile

@@ -46,6 +46,10 @@ seed = 0  # seeds initialisation, batches, augmentation and noise
 resume = False  # continue from the run's last checkpoint
 amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
 ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
+rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
+rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
+rna_beta = 1.0  # betavae: weight of the KL term
+train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 sample_steps = 10  # DDIM steps for sample grids and generation (the study: 50)
 guidance = 1.0  # classifier-free guidance scale s; 1 is plain conditional sampling (the study)
 cond_dropout = 0.1  # probability of training without the RNA (enables guidance)
@@ -90,6 +94,10 @@ run = fit(
     guidance=guidance,
     cond_dropout=cond_dropout,
     lr=lr,
+    rna_encoder=rna_encoder,
+    rna_latent=rna_latent,
+    rna_beta=rna_beta,
+    train=train,
 )
 
 # %% [markdown]

@@ -43,6 +43,10 @@ seed = 0  # seeds initialisation, batches, augmentation and noise
 resume = False  # continue from the run's last checkpoint
 amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
 ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
+rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
+rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
+rna_beta = 1.0  # betavae: weight of the KL term
+train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 perceptual = "auto"  # "auto", "lpips" (requires the AlexNet weights) or "none"
 z_dim = 64  # latent dimension (the study: 128)
 lr_g = 2e-4  # encoder and decoder learning rate (the study: 5e-5, too slow for a CPU budget)
@@ -85,6 +89,10 @@ run = fit(
     z_dim=z_dim,
     lr_g=lr_g,
     lr_d=lr_d,
+    rna_encoder=rna_encoder,
+    rna_latent=rna_latent,
+    rna_beta=rna_beta,
+    train=train,
 )
 
 # %% [markdown]

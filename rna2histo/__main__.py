@@ -192,6 +192,9 @@ def _train_command(sub) -> None:
     train.add_argument("--compile", action="store_true",
                        help="torch.compile each network (the rest of the GPU fast path is on by "
                        "default on CUDA)")
+    train.add_argument("--rna-encoder", choices=("mlp", "pca", "betavae"), default=None,
+                       help="what the model is conditioned on (default: the file's rna_encoder, else mlp)")
+    train.add_argument("--rna-latent", type=int, default=None, help="latent dimensions for pca / betavae")
     train.set_defaults(run=_run_train)
 
 
@@ -199,7 +202,8 @@ def _run_train(args) -> None:
     from .book import train_chapter
 
     run_dir = resolve(args.run_dir) if args.run_dir else None
-    train_chapter(args.model, resolve(args.params_file), run_dir, resume=args.resume, compile=args.compile)
+    latent = {k: v for k, v in (("rna_encoder", args.rna_encoder), ("rna_latent", args.rna_latent)) if v is not None}
+    train_chapter(args.model, resolve(args.params_file), run_dir, resume=args.resume, compile=args.compile, **latent)
 
 
 def _weights_command(sub) -> None:

@@ -86,20 +86,21 @@ def training_parameters(model: str, path: Path) -> dict:
 
 
 def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False,
-                  compile: bool = False) -> Path:
+                  compile: bool = False, **overrides) -> Path:
     """Train `model` as its chapter does, with the chapter's parameters from `params_file`.
 
     Missing parameters take the chapter's defaults; ``image_size`` is checked against the cohort,
     which is built from the embedded default if missing (as in the chapter); every other parameter
     goes to `rna2histo.train.fit`. A chapter's ``train`` is ignored: this trains. `run_dir` and
-    `resume` override the file; `compile` turns on ``torch.compile`` (`rna2histo.fastpath`). Under
+    `resume` override the file, as do `overrides` (chapter parameters such as ``rna_encoder``);
+    `compile` turns on ``torch.compile`` (`rna2histo.fastpath`). Under
     torchrun every process calls this and process 0 builds a missing cohort before the others read
     it; ``batch_size`` is then per process.
     """
     from . import distributed
     from .train import fit, pick_device
 
-    params = training_parameters(model, Path(params_file))
+    params = {**training_parameters(model, Path(params_file)), **overrides}
     image_size = params.pop("image_size", None)
     params.pop("train", None)
     if run_dir is not None:

@@ -34,9 +34,17 @@ def samples(run_dir: str, cohort, which: str = "best", patients: int = 4, n: int
     return trained, plots.real_vs_generated(real, generated, n=n)
 
 
-def conditioning(trained: LoadedRun, cohort, seed: int = 0, n_noise: int = 4) -> pd.Series:
-    """The conditioning difference over held-out (val and test) patients, with its shuffled baseline."""
-    held_out = cohort.patients("val") + cohort.patients("test")
-    c, _ = trained.normaliser.transform(cohort.rna.loc[held_out])
-    result = conditioning_difference(trained.model, c.to_numpy(), n_noise=n_noise, seed=seed, encode=trained.condition)
-    return pd.Series(result).round(4)
+def conditioning(trained: LoadedRun, cohort, seed: int = 0, n_noise: int = 4, max_train: int = 15,
+                 **sample_kw) -> pd.DataFrame:
+    """The conditioning difference and its shuffled baseline on held-out (val and test) patients,
+    and on (at most `max_train`) training patients: a model that memorised its training
+    patients' profiles reacts to them, not to new patients. `sample_kw` go to the model's
+    ``sample`` (the diffusion model's ``steps``)."""
+    groups = {"held-out patients": cohort.patients("val") + cohort.patients("test"),
+              "training patients": cohort.patients("train")[:max_train]}
+    rows = {}
+    for name, ids in groups.items():
+        c, _ = trained.normaliser.transform(cohort.rna.loc[ids])
+        rows[name] = conditioning_difference(trained.model, c.to_numpy(), n_noise=n_noise, seed=seed,
+                                             encode=trained.condition, **sample_kw)
+    return pd.DataFrame.from_dict(rows, orient="index").round(4)

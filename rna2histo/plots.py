@@ -104,3 +104,25 @@ def real_vs_generated(real: dict, generated: dict, n: int = 6):
         row[n].set_title("generated", fontsize=7, loc="left")
     fig.tight_layout()
     return fig
+
+
+def auc_by_fraction(results: pd.DataFrame, title: str = ""):
+    """ROC AUC (95% interval over test patients) against the share of training slides kept,
+    one line per setting; train-on-synthetic rows (no slides) as dashed levels on the right."""
+    on_axis = results[results["fraction"].notna()]
+    tstr = results[results["fraction"].isna()]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    for setting, rows in on_axis.groupby("setting", sort=False):
+        rows = rows.sort_values("fraction")
+        style = "-o" if setting == "real only" else "--." if "RNA-only" in setting else ":."
+        line, = ax.plot(rows["fraction"], rows["auc"], style, ms=4, label=setting,
+                        lw=2.2 if setting == "real only" else 1)
+        ax.fill_between(rows["fraction"], rows["lo"], rows["hi"], color=line.get_color(), alpha=0.08)
+    for _, row in tstr.iterrows():
+        ax.errorbar(1.06, row["auc"], yerr=[[row["auc"] - row["lo"]], [row["hi"] - row["auc"]]], fmt="s",
+                    ms=4, capsize=2, label=row["setting"])
+    ax.axhline(0.5, color="grey", lw=0.8, ls=":")
+    ax.set(xlabel="share of training patients with slides", ylabel="ROC AUC on real test tiles", title=title)
+    ax.legend(fontsize=6, bbox_to_anchor=(1.02, 1), loc="upper left")
+    fig.tight_layout()
+    return fig

@@ -147,3 +147,13 @@ def test_prepare_compiles_each_network_in_place():
     FastPath(compile=True).prepare(model)
     assert all(net._compiled_call_impl is not None for net in model.children())
     assert model.state_dict().keys() == keys
+
+
+def test_the_train_command_overrides_the_rna_encoder(cohort_dir, tmp_path, monkeypatch):
+    asked = {}
+    monkeypatch.setattr(train, "fit", lambda model, **params: asked.update(params) or tmp_path)
+    params = tmp_path / "p.yaml"
+    params.write_text(f"cohort_dir: {cohort_dir}\nimage_size: 32\ndevice: cpu\nrna_encoder: pca\n")
+    assert main(["train", "cvae", "-f", str(params)]) == 0 and asked["rna_encoder"] == "pca"
+    assert main(["train", "cvae", "-f", str(params), "--rna-encoder", "betavae", "--rna-latent", "16"]) == 0
+    assert asked["rna_encoder"] == "betavae" and asked["rna_latent"] == 16

@@ -48,7 +48,7 @@ BETTER = {"ssim_random": "higher", "ssim_same_patient": "higher", "lpips": "lowe
           "program_truth_spearman": "higher"}
 
 
-def _cell(metric: dict | None, digits: int = 3) -> str:
+def cell(metric: dict | None, digits: int = 3) -> str:
     """'v [lo, hi]' or 'unavailable' for one metrics.json entry."""
     if metric is None:
         return ""
@@ -74,7 +74,7 @@ def results_table(metrics: dict, names=IMAGE_METRICS, digits: int = 3) -> pd.Dat
         if entry.get("unavailable"):
             rows[model] = {name: "unavailable: " + entry["reason"] for name in names[:1]}
             continue
-        rows[model] = {name: _cell(entry.get(name), digits) for name in names}
+        rows[model] = {name: cell(entry.get(name), digits) for name in names}
     return pd.DataFrame.from_dict(rows, orient="index").rename_axis("model")
 
 
@@ -100,8 +100,8 @@ def faithfulness_table(metrics: dict, digits: int = 3) -> pd.DataFrame:
         row = {}
         for name in FAITHFULNESS + ("program_truth_spearman",):
             if name in entry:
-                row[(name, "RNA")] = _cell(entry[name], digits)
-                row[(name, "shuffled")] = _cell(entry.get("shuffled", {}).get(name), digits)
+                row[(name, "RNA")] = cell(entry[name], digits)
+                row[(name, "shuffled")] = cell(entry.get("shuffled", {}).get(name), digits)
         rows[model] = row
     table = pd.DataFrame.from_dict(rows, orient="index")
     table.columns = pd.MultiIndex.from_tuples(table.columns)
