@@ -15,6 +15,7 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
+from .augment import colour_jitter, geometry, in_unit_range
 from .data import to_model_range
 from .errors import UserError
 from .evaluation import stats
@@ -50,34 +51,6 @@ class TileClassifier(nn.Module):
 def _as_batch(tiles: np.ndarray) -> torch.Tensor:
     """uint8 (B, S, S, 3), memory-mapped or not -> uint8 tensor (B, 3, S, S)."""
     return torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)
-
-
-def _dihedral(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """A random flip and multiple of 90 degrees per tile of x (B, 3, S, S): tissue has no 'up'."""
-    flip = torch.rand(len(x), generator=generator) < 0.5
-    x = torch.where(flip[:, None, None, None].to(x.device), x.flip(-1), x)
-    k = torch.randint(0, 4, (len(x),), generator=generator).to(x.device)
-    out = x.clone()
-    for r in (1, 2, 3):
-        out[k == r] = torch.rot90(x[k == r], r, dims=(-2, -1))
-    return out
-
-
-def _colour_jitter(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
-    """Per-tile brightness, contrast and saturation factors in [1 - s, 1 + s], x (B, 3, S, S).
-
-    Each patient has its own stain (simulated ones too); without jitter a classifier can learn
-    the training patients' stains instead of tissue, a shortcut that fails on new patients.
-    """
-    if strength <= 0:
-        return x
-    u = torch.rand(3, len(x), 1, 1, 1, generator=generator)
-    b, c, s = (1 + strength * (2 * u - 1)).to(x.device)
-    x = (x + 1) * b - 1  # brightness: scale intensity in [0, 2]
-    mean = x.mean(dim=(1, 2, 3), keepdim=True)
-    x = mean + c * (x - mean)  # contrast: around the tile's mean
-    grey = x.mean(dim=1, keepdim=True)
-    return (grey + s * (x - grey)).clamp(-1, 1)  # saturation: around the pixel's grey
 
 
 def _pool(real, labels, synthetic, synthetic_labels) -> tuple[np.ndarray, np.ndarray]:
@@ -139,8 +112,9 @@ def train_classifier(
     model.train()
     for step in range(steps):
         idx = order[step * batch_size : (step + 1) * batch_size]
-        x = _dihedral(to_model_range(tiles[idx].to(device)), generator)
-        x = _colour_jitter(x, jitter, generator)
+        x = geometry(to_model_range(tiles[idx].to(device)), generator=generator)  # flips, rotations
+        # no hue: each patient has its own stain, and a classifier must learn tissue, not stain
+        x = in_unit_range(colour_jitter, x, jitter, jitter, jitter, 0.0, generator=generator)
         loss = loss_fn(model(x), y[idx].to(device))
         optimiser.zero_grad(set_to_none=True)
         loss.backward()

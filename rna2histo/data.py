@@ -3,50 +3,20 @@
 A sample is ``(x, c, p)``: the tile `x` as float (3, S, S) in [-1, 1], the normalised RNA
 profile `c` (G,) of its patient, and `p`, the patient's position in ``cohort.patients()``.
 Tiles stay uint8 in the memory-mapped ``tiles.npy`` and are converted one at a time, so a
-20,000-tile cohort never exists as floats in memory.
+20,000-tile cohort never exists as floats in memory. The training split's augmentations are
+drawn per tile but applied to the whole batch at once, by the loader's collate step
+(`TileDataset.collate`, `rna2histo.augment.StudyAugment`).
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
-from torchvision.transforms import v2
+from torch.utils.data import DataLoader, Dataset, default_collate
 
+from .augment import StudyAugment
 from .cohort import Cohort
 from .rna import Normaliser
-
-
-class RandomRot90(torch.nn.Module):
-    """Rotate by a random multiple of 90 degrees with probability `p` (tissue has no 'up')."""
-
-    def __init__(self, p: float = 0.5):
-        super().__init__()
-        self.p = p
-
-    def forward(self, img: torch.Tensor) -> torch.Tensor:
-        if torch.rand(()) >= self.p:
-            return img
-        k = int(torch.randint(1, 4, ()))
-        return torch.rot90(img, k, dims=(-2, -1))
-
-
-def augmentations(image_size: int) -> v2.Compose:
-    """The reference study's training augmentations, on uint8 (3, S, S) tensors.
-
-    Translation by +/-10% is a random crop of a reflect-padded tile rather than an affine shift:
-    the same displacement, without the artificial black borders that an H&E tile never has.
-    """
-    pad = max(1, round(0.1 * image_size))
-    return v2.Compose(
-        [
-            v2.RandomHorizontalFlip(p=0.5),
-            v2.RandomVerticalFlip(p=0.5),
-            RandomRot90(p=0.5),
-            v2.RandomCrop(image_size, padding=pad, padding_mode="reflect"),
-            v2.ColorJitter(brightness=0.2, contrast=0.2, saturation=0.2, hue=0.1),
-        ]
-    )
 
 
 def to_model_range(tiles: torch.Tensor) -> torch.Tensor:
@@ -74,7 +44,7 @@ class TileDataset(Dataset):
         ids = cohort.tiles_table["patient_id"].to_numpy()[self.indices]
         self.patient = torch.tensor([position[p] for p in ids], dtype=torch.long)
         augment = (split == "train") if augment is None else augment
-        self.transform = augmentations(cohort.image_size) if augment else None
+        self.augment = StudyAugment(cohort.image_size) if augment else None
         self._tiles = None  # opened lazily: each loader worker maps the file itself
 
     def __len__(self) -> int:
@@ -84,10 +54,14 @@ class TileDataset(Dataset):
         if self._tiles is None:
             self._tiles = np.load(self.tiles_path, mmap_mode="r")
         tile = torch.from_numpy(np.array(self._tiles[self.indices[i]])).permute(2, 0, 1)
-        if self.transform is not None:
-            tile = self.transform(tile)
         p = self.patient[i]
         return to_model_range(tile), self.c[p], p
+
+    def collate(self, samples):
+        """Samples -> a batch (x, c, p), augmented here on the training split: one pass of each
+        operation over the batch rather than one per tile."""
+        x, c, p = default_collate(samples)
+        return (self.augment(x) if self.augment is not None else x), c, p
 
     def __getstate__(self):
         # Never pickle a memory map into worker processes (pickling copies its data).
@@ -95,7 +69,8 @@ class TileDataset(Dataset):
 
 
 def make_loader(dataset: TileDataset, batch_size: int, shuffle: bool, seed: int = 0, workers: int = 0, **kw):
-    """A DataLoader whose shuffling order depends on `seed` alone."""
+    """A DataLoader whose shuffling order depends on `seed` alone; batches come augmented
+    (`TileDataset.collate`)."""
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         dataset,
@@ -104,5 +79,6 @@ def make_loader(dataset: TileDataset, batch_size: int, shuffle: bool, seed: int 
         num_workers=workers,
         generator=generator,
         persistent_workers=workers > 0,
+        collate_fn=dataset.collate,
         **kw,
     )

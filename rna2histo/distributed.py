@@ -216,6 +216,7 @@ def sharded_loader(dataset, batch_size: int, world: World, seed: int, workers: i
         num_workers=workers,
         generator=generator,
         persistent_workers=workers > 0,
+        collate_fn=dataset.collate,
         worker_init_fn=functools.partial(_seed_worker, world.rank) if workers > 0 else None,
         pin_memory=pin_memory,
     )

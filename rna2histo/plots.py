@@ -58,13 +58,9 @@ def augmentation_examples(dataset, index: int = 0, n: int = 6, seed: int = 0):
 
     from .data import to_uint8
 
+    x = dataset[index][0]  # (3, S, S), unaugmented: the loader augments whole batches
     torch.manual_seed(seed)
-    transform, dataset.transform = dataset.transform, None
-    try:
-        views = [dataset[index][0]]
-    finally:
-        dataset.transform = transform
-    views += [dataset[index][0] for _ in range(n - 1)]
+    views = [x, *dataset.augment(x[None].repeat(n - 1, 1, 1, 1))]
     images = to_uint8(torch.stack(views))
     fig, axes = plt.subplots(1, n, figsize=(1.6 * n, 1.8))
     for k, (ax, image) in enumerate(zip(axes, images)):

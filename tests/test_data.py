@@ -3,14 +3,14 @@ import pickle
 import numpy as np
 import torch
 
-from rna2histo.data import TileDataset, augmentations, make_loader, to_model_range, to_uint8
+from rna2histo.data import TileDataset, make_loader, to_model_range, to_uint8
 from rna2histo.rna import fit_on_training
 
 
 def test_items_are_scaled_and_paired(tiny_cohort):
     norm = fit_on_training(tiny_cohort)
     ds = TileDataset(tiny_cohort, "val", norm)
-    assert ds.transform is None  # no augmentation outside training
+    assert ds.augment is None  # no augmentation outside training
     x, c, p = ds[0]
     row = ds.indices[0]
     assert x.shape == (3, 16, 16) and x.dtype == torch.float32
@@ -21,19 +21,24 @@ def test_items_are_scaled_and_paired(tiny_cohort):
     assert torch.allclose(c, torch.tensor(z.to_numpy()[0]))
 
 
-def test_training_split_is_augmented_and_stays_in_range(tiny_cohort):
+def test_training_batches_are_augmented_per_tile_and_stay_in_range(tiny_cohort):
     ds = TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort))
-    assert ds.transform is not None
+    assert ds.augment is not None
     torch.manual_seed(0)
-    xs = torch.stack([ds[0][0] for _ in range(8)])
-    assert xs.min() >= -1 and xs.max() <= 1
-    assert (xs - xs[0]).abs().amax() > 0  # augmentation changes the tile
+    x, c, p = ds.collate([ds[0]] * 8)  # one tile eight times: eight draws
+    assert x.shape == (8, 3, 16, 16) and x.dtype == torch.float32 and c.shape[0] == p.shape[0] == 8
+    assert x.min() >= -1 and x.max() <= 1
+    assert (x[1:] - x[0]).abs().flatten(1).amax(1).min() > 0  # every copy drew its own changes
+    assert torch.equal(ds[0][0], ds[0][0])  # items themselves are never augmented
 
 
-def test_augmentations_keep_shape_and_dtype():
-    img = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    out = augmentations(32)(img)
-    assert out.shape == img.shape and out.dtype == torch.uint8
+def test_loader_augments_training_batches_only(tiny_cohort):
+    norm = fit_on_training(tiny_cohort)
+    for split, augmented in (("train", True), ("val", False)):
+        ds = TileDataset(tiny_cohort, split, norm)
+        x, _, _ = next(iter(make_loader(ds, 4, shuffle=False)))
+        plain = torch.stack([ds[i][0] for i in range(4)])
+        assert torch.equal(x, plain) is not augmented
 
 
 def test_range_conversion_round_trips():

@@ -52,12 +52,12 @@ def fixed_noise_step(self, batch, step):
 
 @contextlib.contextmanager
 def fixed_randomness():
-    saved = Diffusion.training_step, data.augmentations
-    Diffusion.training_step, data.augmentations = fixed_noise_step, lambda image_size: None
+    saved = Diffusion.training_step, data.StudyAugment
+    Diffusion.training_step, data.StudyAugment = fixed_noise_step, lambda image_size: None
     try:
         yield
     finally:
-        Diffusion.training_step, data.augmentations = saved
+        Diffusion.training_step, data.StudyAugment = saved
 
 
 def write_params(path: Path, **values) -> Path:

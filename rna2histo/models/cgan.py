@@ -127,8 +127,12 @@ class Discriminator(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, c: torch.Tensor):
-        features = self.trunk(x)  # [(B, C_k, S/2^k, S/2^k)]
+        """x (kB, 3, S, S) in k blocks of B images that share the conditions c (B, G): real and fake
+        tiles go through D in one pass (one spectral normalisation of every weight, not one per
+        call) and the RNA MLP, D's widest layer at the study's size, runs once per condition."""
+        features = self.trunk(x)  # [(kB, C_k, S/2^k, S/2^k)]
         e = self.rna(c)  # (B, E)
+        e = e.repeat(len(x) // len(e), 1) if len(x) != len(e) else e  # (kB, E)
         h = self.head(torch.cat([features[-1].flatten(1), e], dim=1))  # (B, hidden)
         logit = self.logit(h).squeeze(1) + (self.project(e) * h).sum(dim=1)  # + projection term
         return logit, features
@@ -166,8 +170,7 @@ class CGAN(Generator):
 
     def losses(self, x, fake, c) -> dict[str, torch.Tensor]:
         """L_D on (x, fake) and L_G on fake; pass a detached fake when only L_D is wanted."""
-        real_logit, _ = self.discriminator(x, c)
-        fake_logit, _ = self.discriminator(fake, c)
+        real_logit, fake_logit = self.discriminator(torch.cat([x, fake]), c)[0].chunk(2)
         cfg = self.cfg
         return {
             "loss_d": bce(real_logit, cfg.real_label) + bce(fake_logit, cfg.fake_label),

@@ -178,7 +178,7 @@ class Hybrid(Generator):
     def generator_loss(self, x, c, x_rec, fake, mu, logvar) -> dict[str, torch.Tensor]:
         """L_G and its terms; `fake` is [x_rec, x_pri] (2B, 3, S, S)."""
         cfg = self.cfg
-        fake_logit, fake_feats = self.discriminator(fake, torch.cat([c, c]))
+        fake_logit, fake_feats = self.discriminator(fake, c)
         with torch.no_grad():  # targets for feature matching, from D after its step
             _, real_feats = self.discriminator(x, c)
         n = x.shape[0]
@@ -197,8 +197,8 @@ class Hybrid(Generator):
             x_rec, mu, logvar, e = self.reconstruct(x, c)
             x_pri = self.decoder(torch.randn_like(mu), e)  # z' ~ N(0, I): what `sample` draws
             fake = torch.cat([x_rec, x_pri])  # (2B, 3, S, S)
-            real_logit, _ = self.discriminator(x, c)
-            fake_logit, _ = self.discriminator(fake.detach(), torch.cat([c, c]))
+            logits, _ = self.discriminator(torch.cat([x, fake.detach()]), c)  # x, x_rec, x_pri
+            real_logit, fake_logit = logits[: len(x)], logits[len(x) :]
             loss_d = bce(real_logit, cfg.real_label) + bce(fake_logit, cfg.fake_label)
         out = {
             "loss_d": step("d", loss_d),
