@@ -58,8 +58,8 @@ class TileDataset(Dataset):
         return to_model_range(tile), self.c[p], p
 
     def collate(self, samples):
-        """Samples -> a batch (x, c, p), augmented here on the training split: one pass of each
-        operation over the batch rather than one per tile."""
+        """Samples -> a batch (x, c, p), augmented here on the training split, where the colour
+        jitter is one matrix product for the whole batch (`rna2histo.augment`)."""
         x, c, p = default_collate(samples)
         return (self.augment(x) if self.augment is not None else x), c, p
 
