@@ -43,7 +43,7 @@
 # %% tags=["parameters"]
 cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default if missing
 run_dir = "runs/cgan/smoke"  # checkpoints, metrics.csv and sample grids go here
-epochs = 60  # passes over the training tiles (the study: 50)
+epochs = 30  # passes over the training tiles (the study: 50)
 batch_size = 8  # tiles per step (the study: 16)
 image_size = 64  # tile side in pixels; must match the cohort
 model_size = "small"  # "small" (CPU) or "thesis" (the study's architecture)

@@ -37,7 +37,7 @@
 # %% tags=["parameters"]
 cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default if missing
 run_dir = "runs/diffusion/smoke"  # checkpoints, metrics.csv and sample grids go here
-epochs = 6  # passes over the training tiles (the study: 50)
+epochs = 4  # passes over the training tiles (the study: 50)
 batch_size = 8  # tiles per step (the study: 8)
 image_size = 64  # tile side in pixels; must match the cohort
 model_size = "small"  # "small" (CPU) or "thesis" (the study's architecture)
@@ -50,7 +50,7 @@ rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compa
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
 train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
-sample_steps = 10  # DDIM steps for sample grids and generation (the study: 50)
+sample_steps = 5  # DDIM steps for sample grids and generation (the study: 50)
 guidance = 1.0  # classifier-free guidance scale s; 1 is plain conditional sampling (the study)
 cond_dropout = 0.1  # probability of training without the RNA (enables guidance)
 lr = 1e-4  # AdamW learning rate (the study: 1e-4)

@@ -43,17 +43,18 @@ runs = {  # model -> the model chapter's run: the generators of the downstream e
     "hybrid": "runs/hybrid/smoke",
 }
 params_dir = ""  # parameters of the model chapters: empty for their defaults, else a profile folder (params/demo)
-compare_models = ["diffusion", "hybrid"]  # models trained once per RNA encoder
+compare_models = ["hybrid"]  # models trained once per RNA encoder (demo, thesis: diffusion and hybrid)
 rna_encoders = ["mlp", "pca", "betavae"]  # the encoders compared
 rna_latent = 200  # latent dimensions of pca and betavae (pca: at most training patients - 1)
 rna_beta = 1.0  # the beta-VAE's KL weight
 comparison_dir = "runs/encoders/smoke"  # runs of the comparison that the chapters did not train
+comparison_epochs = 5  # epochs of every comparison run; 0: its chapter's (whose own run is then reused)
 n_per_patient = 7  # generated tiles per test patient for the faithfulness measures
-tasks = ["rna", "truth"]  # labels: "rna" (immune score from RNA), "truth" (simulated cohorts only)
+tasks = ["rna"]  # labels: "rna" (immune score from RNA), "truth" (simulated cohorts only; demo, thesis: both)
 fractions = [0.25, 1.0]  # shares of training patients whose slides the classifier sees (demo, thesis: 0.1, 0.25, 0.5, 1)
 synthetic_per_patient = 0  # generated tiles per training patient; 0: as many as real tiles
-sample_steps = 10  # DDIM steps of the diffusion model's tiles and conditioning check here (its default: 50)
-classifier_steps = 100  # optimisation steps of every classifier, whatever its pool size
+sample_steps = 4  # DDIM steps of the diffusion model's tiles and conditioning check here (its default: 50)
+classifier_steps = 40  # optimisation steps of every classifier, whatever its pool size
 classifier_batch = 32  # tiles per classifier step
 n_boot = 1000  # bootstrap resamples of the test patients
 seed = 0  # seeds the latents, generation, patient subsets, classifiers and bootstrap
@@ -100,7 +101,8 @@ history[["train_loss", "val_loss"]].plot(logy=True, figsize=(5, 2.6), title="bet
 # %% [markdown]
 # ### Does a latent make the generator listen to the RNA?
 # One run per encoder with every other parameter as its chapter has it (the chapter's own run
-# is reused for the encoder it used). Measured per run: the conditioning ratio of the model
+# is reused for the encoder it used; `comparison_epochs` shortens every run instead, as the smoke
+# defaults do, and then the chapter's encoder is trained again at that budget). Measured per run: the conditioning ratio of the model
 # chapters (the same noise with different patients' RNA, over gene-shuffled RNA) on training
 # patients and on held-out patients, and the evaluation chapter's faithfulness measures on the
 # test patients with 95% intervals. A model that memorised its training patients' profiles
@@ -109,7 +111,7 @@ history[["train_loss", "val_loss"]].plot(logy=True, figsize=(5, 2.6), title="bet
 # %% tags=["nbval-ignore-output"]
 comparison_runs = encoder_comparison.comparison_runs(
     compare_models, rna_encoders, runs, comparison_dir, params_dir,
-    rna_latent=rna_latent, rna_beta=rna_beta, device=device,
+    rna_latent=rna_latent, rna_beta=rna_beta, epochs=comparison_epochs, device=device,
 )
 
 # %% tags=["nbval-ignore-output"]

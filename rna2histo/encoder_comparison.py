@@ -3,6 +3,8 @@
 For each model, one run per `rna_encoder`, every other parameter as the model's chapter has it
 (its defaults, or a profile's file): the chapter's own run is reused for the encoder it used,
 the others are trained here (with ``resume=True``, so an interrupted comparison continues).
+`epochs` can shorten every run of the comparison (a smoke test of the chapter); the chapter's
+run is then trained again with the others, so that all encoders get the same budget.
 Each run is then measured as the chapters and the evaluation chapter measure a model:
 
 - conditioning ratio: the same noise with different patients' RNA vs gene-shuffled RNA
@@ -48,20 +50,26 @@ def _same_encoder(params: dict, encoder: str, latent: dict) -> bool:
 
 
 def comparison_runs(models, encoders, runs: dict, out_dir: str, params_dir: str = "", *,
-                    rna_latent: int = 200, rna_beta: float = 1.0, device: str = "auto") -> dict[str, Path]:
-    """{"<model> (<encoder>)": run folder} for every model and encoder, training what is missing."""
+                    rna_latent: int = 200, rna_beta: float = 1.0, epochs: int = 0,
+                    device: str = "auto") -> dict[str, Path]:
+    """{"<model> (<encoder>)": run folder} for every model and encoder, training what is missing.
+
+    `epochs`: 0 trains each run for its chapter's epochs; otherwise this many.
+    """
     from .train import fit
 
     latent = {"rna_latent": rna_latent, "rna_beta": rna_beta}
     out = {}
     for model in models:
         params = chapter_settings(model, params_dir)
+        budget = {"epochs": epochs or params["epochs"]}
         for encoder in encoders:
-            if model in runs and _same_encoder(params, encoder, latent):
+            reusable = budget["epochs"] == params["epochs"] and _same_encoder(params, encoder, latent)
+            if model in runs and reusable:
                 out[run_name(model, encoder)] = resolve(runs[model])  # the chapter's own run
                 continue
             kw = {k: v for k, v in params.items() if k not in ("image_size", "train", "run_dir", *LATENT_KEYS)}
-            kw.update(device=device, resume=True, progress=False, rna_encoder=encoder, **latent)
+            kw.update(device=device, resume=True, progress=False, rna_encoder=encoder, **latent, **budget)
             run_dir = resolve(out_dir) / model / encoder
             print(f"{run_name(model, encoder)}: {kw['epochs']} epochs into {run_dir}", flush=True)
             out[run_name(model, encoder)] = fit(model, run_dir=run_dir, **kw)

@@ -34,7 +34,9 @@ def test_batched_samples_equal_patient_by_patient(name):
     for batch_size in (3, 6, 64):  # chunks of 1 and 2 patients, and one call for all five
         batched = same_noise_samples(model, profiles, 3, seed=4, batch_size=batch_size, **sample_kw)
         assert batched.shape == expected.shape
-        torch.testing.assert_close(batched, expected, rtol=1e-4, atol=1e-4)
+        # Other batch sizes take other matmul kernels: DDIM with guidance (1 / sqrt(alpha_bar)
+        # amplifies them) differs by ~3e-4 on some CPUs. Another noise draw differs by O(1).
+        torch.testing.assert_close(batched, expected, rtol=1e-3, atol=1e-3)
 
 
 def test_one_profile_for_everyone_gives_identical_tiles():

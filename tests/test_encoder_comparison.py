@@ -34,6 +34,14 @@ def test_comparison_reuses_the_chapters_run_and_trains_the_other_encoders(tmp_pa
     )
     assert other["cvae (pca)"] == tmp_path / "comparison" / "cvae" / "pca"
 
+    # another budget retrains the chapter's encoder too: every encoder gets the same epochs
+    shorter = encoder_comparison.comparison_runs(
+        ["cvae"], ["pca"], {"cvae": str(chapter_run)}, str(tmp_path / "budget"),
+        str(tmp_path / "profile"), rna_latent=3, epochs=2, device="cpu",
+    )
+    assert shorter["cvae (pca)"] == tmp_path / "budget" / "cvae" / "pca"
+    assert json.loads((shorter["cvae (pca)"] / "params.json").read_text())["epochs"] == 2
+
 
 def test_overall_counts_only_paired_intervals_that_exclude_zero():
     import pandas as pd
