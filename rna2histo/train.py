@@ -79,11 +79,11 @@ class Step:
             raise NonFiniteLoss(f"loss for optimiser {name!r} is {value}; training stopped")
         opt = self.optimizers[name]
         params = [p for group in opt.param_groups for p in group["params"]]
-        # Gradients another loss left on these parameters (the generator's loss reaches the
-        # discriminator) must not leak into this step.
-        for other in self.optimizers.values():
-            other.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        opt.zero_grad(set_to_none=True)
+        # Gradients for this optimiser's parameters only: the generator's loss passes through
+        # the discriminator, and its weight gradients there (with the spectral norm's backward)
+        # were most of a thesis cGAN step on a CPU, computed only to be thrown away.
+        self.scaler.scale(loss).backward(inputs=params)
         if self.world.size > 1:
             mean = distributed.average_gradients(params, value, self.world)
             if not math.isfinite(mean):
@@ -300,9 +300,10 @@ def fit(
     processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
     trained before, e.g. by ``torchrun ... -m rna2histo train``; its ``last`` checkpoint must exist.
 
-    The GPU fast path (`rna2histo.fastpath`): `channels_last`, `fused` optimisers,
-    `cudnn_benchmark` and loader `workers` with pinned memory are on where the device is CUDA when
-    left at None / "auto", off elsewhere; `compile` (``torch.compile`` of each network) is opt-in.
+    The GPU fast path (`rna2histo.fastpath`): `channels_last`, `cudnn_benchmark` and loader
+    `workers` with pinned memory are on where the device is CUDA when left at None / "auto", off
+    elsewhere; `fused` optimisers wherever torch has them (CUDA and CPU); `compile`
+    (``torch.compile`` of each network) is opt-in.
     params.json records them as asked and, under ``fast_path``, as resolved.
     """
     params = {k: v for k, v in locals().items() if k not in ("options", "train")}

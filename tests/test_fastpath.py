@@ -1,5 +1,6 @@
 """The GPU fast path's switches: resolved per device, recorded, and on a CPU either off (the plain
-path) or, when asked for, numerically the plain path's. No test here touches CUDA."""
+path; fused Adam is on by default there too) or, when asked for, numerically the plain path's.
+No test here touches CUDA."""
 
 import json
 
@@ -33,8 +34,8 @@ def cohort_dir(tmp_path_factory):
     return out
 
 
-def test_auto_is_off_on_a_cpu_and_on_on_cuda(monkeypatch):
-    assert fast_path(CPU) == FastPath(**PLAIN)
+def test_auto_is_fused_adam_alone_on_a_cpu_and_everything_on_cuda(monkeypatch):
+    assert fast_path(CPU) == FastPath(**{**PLAIN, "fused": True})
     monkeypatch.setattr(fastpath, "_cpus", lambda: 16)
     on = fast_path(CUDA)
     assert (on.channels_last, on.fused, on.cudnn_benchmark, on.pin_memory) == (True, True, True, True)
@@ -93,7 +94,7 @@ def test_averaged_gradients_keep_the_parameters_layout():
 def test_params_json_records_the_resolved_switches(cohort_dir, tmp_path):
     run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "plain", epochs=1, **FAST)
     params = json.loads((run / "params.json").read_text())
-    assert params["fast_path"] == PLAIN  # a CPU's auto: the plain path
+    assert params["fast_path"] == {**PLAIN, "fused": True}  # a CPU's auto: fused Adam alone
     assert params["workers"] == "auto" and params["channels_last"] is None  # as asked
 
 
@@ -103,7 +104,7 @@ SMALL = {"cgan": {}, "cvae": {}, "diffusion": {"sample_steps": 2}, "hybrid": {"p
 @pytest.mark.parametrize("model", list(SMALL))
 def test_channels_last_and_fused_on_a_cpu_give_the_plain_losses(cohort_dir, tmp_path, model):
     kw = {**FAST, "model": model, **SMALL[model]}
-    plain = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "plain", epochs=2, **kw)
+    plain = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "plain", epochs=2, fused=False, **kw)
     fast = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "fast", epochs=2, channels_last=True,
                fused=True, **kw)
     assert json.loads((fast / "params.json").read_text())["fast_path"] == {

@@ -12,7 +12,8 @@ from rna2histo.generate import generate, load_run
 from rna2histo.models import model_class
 from rna2histo.runs import load_checkpoint
 from rna2histo.errors import UserError
-from rna2histo.train import NonFiniteLoss, Trainer, fit
+from rna2histo.models.base import adam
+from rna2histo.train import NonFiniteLoss, Step, Trainer, fit
 
 from .conftest import write_tiny_cohort
 
@@ -24,6 +25,19 @@ def cohort_dir(tmp_path_factory):
     out = tmp_path_factory.mktemp("train") / "cohort"
     write_tiny_cohort(out, patients=10, tiles_per_patient=4, size=32, genes=24)
     return out
+
+
+def test_a_step_computes_gradients_for_its_own_optimiser_only():
+    """The generator's loss passes through the discriminator: no gradient may land there."""
+    torch.manual_seed(0)
+    g, d = torch.nn.Linear(3, 3), torch.nn.Linear(3, 1)
+    step = Step({"g": (adam(g.parameters(), lr=0.1), None), "d": (adam(d.parameters(), lr=0.1), None)},
+                torch.device("cpu"))
+    before = {k: v.clone() for k, v in d.state_dict().items()}
+    step("g", d(g(torch.randn(4, 3))).sum())
+    assert g.weight.grad is not None and g.weight.grad.abs().sum() > 0
+    assert d.weight.grad is None and d.bias.grad is None
+    assert all(torch.equal(v, d.state_dict()[k]) for k, v in before.items())
 
 
 def test_run_folder_layout(cohort_dir, tmp_path):
