@@ -8,7 +8,8 @@
 - per model and preset, the training step exactly as the loop runs it (the model's own
   ``training_step`` through a real `rna2histo.train.Step`, then ``on_step_end``, with the loop's
   default fast path, `rna2histo.fastpath`: on CUDA channels_last, fused optimisers and cuDNN
-  benchmark mode, on a CPU fused Adam alone) on a fixed random batch: images/s and the model FLOP utilisation
+  benchmark mode, on a CPU fused Adam alone) on a fixed random batch: images/s and the model FLOP
+  utilisation
 
       MFU = F / t / R,   F = FLOPs of one step, t = median seconds per step,
 

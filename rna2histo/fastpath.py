@@ -89,8 +89,9 @@ def fast_path(
     automatic loader workers do not oversubscribe them. Reads no CUDA state: `device` decides.
     """
     cuda = device.type == "cuda"
-    fused = _fused_supported(device) if fused is None else bool(fused)
-    if fused and not _fused_supported(device):
+    supported = _fused_supported(device)
+    fused = supported if fused is None else bool(fused)
+    if fused and not supported:
         raise UserError(f"fused=True: torch {torch.__version__} has no fused Adam for {device.type}; "
                         "use fused=None (auto) or False")
     return FastPath(
