@@ -165,8 +165,11 @@ def test_two_processes_track_one_process_at_twice_the_batch(two_processes, tmp_p
         assert main(["train", "diffusion", "-f", str(params), "--run-dir", str(tmp_path / "one")]) == 0
     one, two = state_dict(tmp_path / "one"), state_dict(out / "diffusion")
     assert one.keys() == two.keys()
-    for key in one:  # float sums in another order, over 8 AdamW steps and the EMA
-        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    # Float sums in another order, over 8 AdamW steps (lr 1e-4) and the EMA. Adam divides by
+    # sqrt(v), so where a gradient is near zero the order alone moved a weight by 1.7e-5 (one
+    # element of the three-level U-Net); a wrong average moves nearly all of them by ~1e-4.
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=5e-5, msg=lambda m: f"{key}: {m}")
     assert not torch.equal(two["net.null"], torch.zeros_like(two["net.null"]))  # reached via one process
     m1, m2 = pd.read_csv(tmp_path / "one" / "metrics.csv"), pd.read_csv(out / "diffusion" / "metrics.csv")
     assert list(m2.epoch) == [1, 2]
