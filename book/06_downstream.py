@@ -21,8 +21,9 @@
 #    (`betavae`; linear output layer, loss $\lVert z - \hat z \rVert^2 + \beta\,\mathrm{KL}$).
 #    Both latents are fitted on training patients only, frozen, and saved in every checkpoint,
 #    so `python -m rna2histo generate` needs nothing but the run. We compare the three on the
-#    diffusion model and the hybrid with the measures of the model chapters and the evaluation
-#    chapter.
+#    models of `compare_models` (the hybrid in the smoke defaults, the cVAE in the demo profile,
+#    the diffusion model and the hybrid in the thesis profile) with the measures of the model
+#    chapters and the evaluation chapter.
 # 2. **Downstream utility.** From one real tile, predict a patient-level label derived from
 #    RNA: immune-high vs immune-low by the median immune-program score of the training patients
 #    (on a simulated cohort also the true immune-program level). A small CNN is trained on the
@@ -43,7 +44,7 @@ runs = {  # model -> the model chapter's run: the generators of the downstream e
     "hybrid": "runs/hybrid/smoke",
 }
 params_dir = ""  # parameters of the model chapters: empty for their defaults, else a profile folder (params/demo)
-compare_models = ["hybrid"]  # models trained once per RNA encoder (demo, thesis: diffusion and hybrid)
+compare_models = ["hybrid"]  # models trained once per RNA encoder (demo: cvae; thesis: diffusion and hybrid)
 rna_encoders = ["mlp", "pca", "betavae"]  # the encoders compared
 rna_latent = 200  # latent dimensions of pca and betavae (pca: at most training patients - 1)
 rna_beta = 1.0  # the beta-VAE's KL weight

@@ -472,7 +472,19 @@ def targets(results: dict) -> list[dict]:
                         results["data_pipeline_ratio"], TARGET_PIPELINE_RATIO, True, "x"))
     rows.append(_target(f"epoch peak memory <= {TARGET_EPOCH_GB:g} GB", results["epoch_peak_memory_gb"],
                         TARGET_EPOCH_GB, False, " GB"))
-    return rows
+    return rows + [{**row, "value": None, "met": None, "why": BOOK_WHY} for row in book_targets(None, None)]
+
+
+BOOK_WHY = "the whole book; `make bench-demo` measures it (tens of minutes on a CPU)"
+
+
+def book_targets(wall_s: float | None, peak_gb: float | None) -> list[dict]:
+    """The targets of `make book` on the demo profile: wall time and peak memory."""
+    minutes = None if wall_s is None else wall_s / 60
+    return [
+        _target(f"make book <= {TARGET_BOOK_S / 60:g} min", minutes, TARGET_BOOK_S / 60, False, " min"),
+        _target(f"make book peak memory <= {TARGET_BOOK_GB:g} GB", peak_gb, TARGET_BOOK_GB, False, " GB"),
+    ]
 
 
 def _target(label: str, value, bound: float, higher: bool, unit: str = "") -> dict:
@@ -546,12 +558,7 @@ def measure_book(profile: str = "demo") -> dict:
     if result["returncode"] != 0:
         status = result["returncode"]
         raise UserError(f"`{' '.join(cmd[1:])}` failed (exit status {status}); nothing measured")
-    minutes, limit = result["wall_s"] / 60, TARGET_BOOK_S / 60
-    result["targets"] = [
-        _target(f"wall time <= {limit:g} min", minutes, limit, False, " min"),
-        _target(f"peak memory <= {TARGET_BOOK_GB:g} GB", result["peak_tree_pss_gb"], TARGET_BOOK_GB,
-                False, " GB"),
-    ]
+    result["targets"] = book_targets(result["wall_s"], result["peak_tree_pss_gb"])
     return result
 
 
