@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
 import gc
 import json
 import os
@@ -553,13 +554,28 @@ def measure_book(profile: str = "demo") -> dict:
     """`measure_command` over ``python -m rna2histo book --profile PROFILE``, against the targets."""
     if not (PARAMS / profile).is_dir():
         raise UserError(f"no profile {profile!r}: {PARAMS / profile} does not exist")
+    from .book import BUILD
+
     cmd = [sys.executable, "-m", "rna2histo", "book", "--profile", profile]
+    started = datetime.datetime.now().astimezone().isoformat(timespec="seconds")
     result = measure_command(cmd)
     if result["returncode"] != 0:
         status = result["returncode"]
         raise UserError(f"`{' '.join(cmd[1:])}` failed (exit status {status}); nothing measured")
+    result.update(device=device_name(torch.device("cpu")), cpu_count=os.cpu_count(), started=started,
+                  chapter_seconds=chapter_seconds(BUILD / "executed" / "book"))
     result["targets"] = book_targets(result["wall_s"], result["peak_tree_pss_gb"])
     return result
+
+
+def chapter_seconds(executed: Path) -> dict[str, float]:
+    """Seconds per executed chapter: the sum of the cell durations papermill records."""
+    out = {}
+    for notebook in sorted(executed.glob("*.ipynb")):
+        cells = json.loads(notebook.read_text())["cells"]
+        durations = (cell.get("metadata", {}).get("papermill", {}).get("duration") for cell in cells)
+        out[notebook.stem] = round(sum(d for d in durations if d), 1)
+    return out
 
 
 # --- reports ----------------------------------------------------------------------------------
@@ -682,4 +698,7 @@ def format_book_report(r: dict) -> str:
         f"{r['peak_tree_rss_gb']:.2f} GB; largest single process {r['largest_process_rss_gb']:.2f} GB)"
     )
     command = " ".join(r["command"][1:])
-    return "\n".join([f"make bench-demo: {command}", memory, *_target_lines(r["targets"], "targets")])
+    chapters = "  per chapter (papermill's cell durations): " + ", ".join(
+        f"{stem} {seconds:.0f} s" for stem, seconds in r.get("chapter_seconds", {}).items())
+    header = f"make bench-demo: {command}" + (f" on {r['device']}; started {r['started']}" if "device" in r else "")
+    return "\n".join([header, memory, chapters, *_target_lines(r["targets"], "targets")])

@@ -99,3 +99,20 @@ def test_bad_device_is_one_line():
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert lines == ["error: unknown device 'tpu'; expected one of cpu, cuda"]
+
+
+def test_the_book_report_says_where_the_time_went(tmp_path):
+    cells = [{"metadata": {"papermill": {"duration": d}}} for d in (1.5, None, 10.25)] + [{"metadata": {}}]
+    (tmp_path / "01_cgan.ipynb").write_text(json.dumps({"cells": cells}))
+    (tmp_path / "00_data.ipynb").write_text(json.dumps({"cells": cells[:1]}))
+    seconds = bench.chapter_seconds(tmp_path)
+    assert seconds == {"00_data": 1.5, "01_cgan": 11.8}  # in chapter order; cells never run count 0
+    result = {"command": ["python", "-m", "rna2histo", "book"], "wall_s": 700.0, "interval_s": 0.5,
+              "peak_tree_pss_gb": 1.6, "peak_tree_rss_gb": 2.0, "largest_process_rss_gb": 1.8,
+              "device": "a CPU", "started": "2026-12-02T09:00:00+00:00", "chapter_seconds": seconds,
+              "targets": bench.book_targets(700.0, 1.6)}
+    lines = bench.format_book_report(result).splitlines()
+    assert "on a CPU; started 2026-12-02" in lines[0]
+    assert lines[2].endswith("00_data 2 s, 01_cgan 12 s")
+    assert lines[-2].strip().startswith("make book <= 10 min") and lines[-2].endswith("11.67 min  not met")
+    assert lines[-1].strip().startswith("make book peak memory <= 3 GB") and lines[-1].endswith("1.60 GB  met")
