@@ -563,9 +563,18 @@ def measure_book(profile: str = "demo") -> dict:
         status = result["returncode"]
         raise UserError(f"`{' '.join(cmd[1:])}` failed (exit status {status}); nothing measured")
     result.update(device=device_name(torch.device("cpu")), cpu_count=os.cpu_count(), started=started,
-                  chapter_seconds=chapter_seconds(BUILD / "executed" / "book"))
+                  commit=_commit(), chapter_seconds=chapter_seconds(BUILD / "executed" / "book"))
     result["targets"] = book_targets(result["wall_s"], result["peak_tree_pss_gb"])
     return result
+
+
+def _commit() -> str | None:
+    """The checkout's git commit (None outside a git checkout): what the measurement ran."""
+    try:
+        found = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False)
+    except OSError:  # no git on this machine
+        return None
+    return found.stdout.strip() or None
 
 
 def chapter_seconds(executed: Path) -> dict[str, float]:

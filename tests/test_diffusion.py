@@ -85,7 +85,7 @@ def test_overfits_a_handful_of_tiles(prediction):
 
     def loss():
         with torch.no_grad():
-            return float(model.eps_loss(model.net, x.repeat(4, 1, 1, 1), c.repeat(4, 1), t, noise))
+            return float(model.denoising_loss(model.net, x.repeat(4, 1, 1, 1), c.repeat(4, 1), t, noise))
 
     start = loss()
     train(model, x, c, steps=60)

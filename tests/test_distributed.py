@@ -46,7 +46,7 @@ def fixed_noise_step(self, batch, step):
     noise = torch.sin(7 * x + p[:, None, None, None])  # not Gaussian: a fixed field per tile
     drop = p % 3 == 0  # on some steps one process drops a condition and the other none
     with step.autocast():
-        loss = self.eps_loss(self.net, x, c, t, noise, drop)
+        loss = self.denoising_loss(self.net, x, c, t, noise, drop)
     return {"loss": step("main", loss)}
 
 

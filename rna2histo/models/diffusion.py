@@ -1,8 +1,9 @@
 """Conditional diffusion: DDPM training (Ho et al. 2020), DDIM sampling (Song et al. 2021).
 
 The network (`Denoiser`: RNA encoder, a learned null condition and the U-Net) predicts the
-noise; this module holds everything else: the linear beta schedule, ``q_sample``, the
-epsilon loss, classifier-free guidance (Ho & Salimans 2022) and the DDIM sampler.
+noise, or with ``prediction="v"`` the velocity v (Salimans & Ho 2022; see `eps_from_output`);
+this module holds everything else: the linear beta schedule, ``q_sample``, the denoising loss,
+classifier-free guidance (Ho & Salimans 2022) and the DDIM sampler.
 
 Sampling and validation use an exponential moving average of the weights (``ema``, a copy of
 the denoiser outside the optimiser and inside the state dict, so checkpoints keep it).
@@ -75,7 +76,7 @@ PREDICTIONS = ("eps", "v")
 
 
 class Denoiser(nn.Module):
-    """eps_theta(x_t, t, e): the RNA encoder c -> e, a learned null embedding, and the U-Net."""
+    """eps_theta(x_t, t, e) or v_theta: the RNA encoder c -> e, a learned null embedding, the U-Net."""
 
     def __init__(self, cfg: DiffusionConfig):
         super().__init__()
@@ -178,7 +179,7 @@ class Diffusion(Generator):
         a, s = self._scales(t)
         return a * out + s * x
 
-    def eps_loss(self, net, x0, c, t, noise, drop=None) -> torch.Tensor:
+    def denoising_loss(self, net, x0, c, t, noise, drop=None) -> torch.Tensor:
         """The training objective: L_simple = || eps - eps_theta(x_t, t, c) ||^2 (DDPM eq. 14),
         or with ``prediction="v"`` || v - v_theta ||^2, v = sqrt(ab) eps - sqrt(1 - ab) x_0."""
         out = net(self.q_sample(x0, t, noise), t, net.embed(c, drop)).float()
@@ -194,7 +195,7 @@ class Diffusion(Generator):
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device)
         drop = torch.rand(len(x), device=x.device) < self.cfg.cond_dropout
         with step.autocast():
-            loss = self.eps_loss(self.net, x, c, t, noise, drop)
+            loss = self.denoising_loss(self.net, x, c, t, noise, drop)
         return {"loss": step("main", loss)}
 
     @torch.no_grad()
@@ -217,7 +218,7 @@ class Diffusion(Generator):
         g = torch.Generator().manual_seed(self.cfg.val_seed)
         t = torch.randint(0, self.cfg.timesteps, (len(x),), generator=g).to(x.device)
         noise = torch.randn(x.shape, generator=g).to(x.device)
-        return {"loss": float(self.eps_loss(self.ema, x, c, t, noise))}
+        return {"loss": float(self.denoising_loss(self.ema, x, c, t, noise))}
 
     # --- sampling ---------------------------------------------------------------------
 
