@@ -473,7 +473,7 @@ def targets(results: dict) -> list[dict]:
                         results["data_pipeline_ratio"], TARGET_PIPELINE_RATIO, True, "x"))
     rows.append(_target(f"epoch peak memory <= {TARGET_EPOCH_GB:g} GB", results["epoch_peak_memory_gb"],
                         TARGET_EPOCH_GB, False, " GB"))
-    return rows + [{**row, "value": None, "met": None, "why": BOOK_WHY} for row in book_targets(None, None)]
+    return rows + [{**row, "why": BOOK_WHY} for row in book_targets(None, None)]
 
 
 BOOK_WHY = "the whole book; `make bench-demo` measures it (tens of minutes on a CPU)"
@@ -708,6 +708,6 @@ def format_book_report(r: dict) -> str:
     )
     command = " ".join(r["command"][1:])
     chapters = "  per chapter (papermill's cell durations): " + ", ".join(
-        f"{stem} {seconds:.0f} s" for stem, seconds in r.get("chapter_seconds", {}).items())
-    header = f"make bench-demo: {command}" + (f" on {r['device']}; started {r['started']}" if "device" in r else "")
+        f"{stem} {seconds:.0f} s" for stem, seconds in r["chapter_seconds"].items())
+    header = f"make bench-demo: {command} on {r['device']}; started {r['started']}"
     return "\n".join([header, memory, chapters, *_target_lines(r["targets"], "targets")])
