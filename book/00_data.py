@@ -164,6 +164,8 @@ if len(ground_truth.columns):
 # $(x, c, p)$: the tile in $[-1, 1]$, the patient's normalised RNA and the patient's index.
 # Training tiles get the study's augmentations (flips, 90-degree rotations, +/-10% translation,
 # colour jitter); translation is a crop of a reflect-padded tile, so no black borders appear.
+# The generator chapters can drop the colour jitter (`augment = "geometric"`, chapter 01 says
+# why): a generator learns to draw the stains it is shown.
 
 # %%
 train = TileDataset(cohort, "train", normaliser)

@@ -44,10 +44,12 @@ ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
 rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
+augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
 train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 z_dim = 64  # latent dimension (the study: 256)
 beta = 0.1  # KL weight per pixel value (2 sigma_x^2; 0.1 means sigma_x ~ 0.22)
 lr = 1e-4  # Adam learning rate (the study: 1e-4)
+upsample = "transposed"  # decoder up-sampling: "transposed" (the study) or "resize" (no checkerboard)
 
 # %%
 from rna2histo import chapter
@@ -86,9 +88,11 @@ run = fit(
     z_dim=z_dim,
     beta=beta,
     lr=lr,
+    upsample=upsample,
     rna_encoder=rna_encoder,
     rna_latent=rna_latent,
     rna_beta=rna_beta,
+    augment=augment,
     train=train,
 )
 

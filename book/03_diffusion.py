@@ -58,6 +58,7 @@ ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
 rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
+augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
 train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 sample_steps = 5  # DDIM steps for sample grids and generation (the study: 50)
 guidance = 1.0  # classifier-free guidance scale s; 1 is plain conditional sampling (the study)
@@ -108,6 +109,7 @@ run = fit(
     rna_encoder=rna_encoder,
     rna_latent=rna_latent,
     rna_beta=rna_beta,
+    augment=augment,
     train=train,
 )
 

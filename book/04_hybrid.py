@@ -46,11 +46,14 @@ ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
 rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
+augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
 train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 perceptual = "auto"  # "auto", "lpips" (requires the AlexNet weights) or "none"
 z_dim = 64  # latent dimension (the study: 128)
 lr_g = 2e-4  # encoder and decoder learning rate (the study: 5e-5, too slow for a CPU budget)
 lr_d = 2e-4  # discriminator learning rate (the study: 2e-4)
+w_kl = 0.5  # weight of the KL term, per latent dimension (the study: 0.5)
+upsample = "transposed"  # decoder up-sampling: "transposed" (the study) or "resize" (no checkerboard)
 
 # %%
 from rna2histo import chapter
@@ -89,9 +92,12 @@ run = fit(
     z_dim=z_dim,
     lr_g=lr_g,
     lr_d=lr_d,
+    w_kl=w_kl,
+    upsample=upsample,
     rna_encoder=rna_encoder,
     rna_latent=rna_latent,
     rna_beta=rna_beta,
+    augment=augment,
     train=train,
 )
 

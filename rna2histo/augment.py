@@ -104,7 +104,33 @@ class StudyAugment:
     def __call__(self, x: torch.Tensor, generator=None) -> torch.Tensor:
         x = geometry(x, max(1, round(self.shift * self.image_size)), generator)
         jitter = (self.brightness, self.contrast, self.saturation, self.hue)
+        if not any(jitter):
+            return x
         return in_unit_range(colour_jitter, x, *jitter, generator=generator)
+
+
+AUGMENTATIONS = ("study", "geometric", "none")
+
+
+def augmentation(name: str, image_size: int) -> StudyAugment | None:
+    """A training augmentation by name: "study" (the study's: geometry and colour jitter),
+    "geometric" (flips, rotations and shift only) or "none".
+
+    Why "geometric": a generator learns the distribution of the tiles it is shown, augmented ones
+    included (augmentations "leak" into the samples, Karras et al. 2020). Flips, rotations and
+    shifts give tissue as it could have been cut, so they only add data; the colour jitter gives
+    stains no slide has (a 10% hue turn makes eosin orange), and the generators drew them. It is a
+    classifier's augmentation, where invariance to stain is the point.
+    """
+    from .errors import UserError
+
+    if name == "study":
+        return StudyAugment(image_size)
+    if name == "geometric":
+        return StudyAugment(image_size, brightness=0.0, contrast=0.0, saturation=0.0, hue=0.0)
+    if name == "none":
+        return None
+    raise UserError(f"unknown augment {name!r}; expected one of {', '.join(AUGMENTATIONS)}")
 
 
 def in_unit_range(fn, x: torch.Tensor, *args, **kw) -> torch.Tensor:

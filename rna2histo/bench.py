@@ -262,7 +262,7 @@ def tile_loader(cohort_dir: Path, batch_size: int, augment: bool, fast: FastPath
     """Every tile of a cohort, shuffled and (optionally) augmented, as training reads them:
     with `fast`'s workers and pinned memory (`fit`'s defaults: none on a CPU)."""
     cohort = load_cohort(cohort_dir)
-    data = TileDataset(cohort, None, fit_on_training(cohort), augment=augment)
+    data = TileDataset(cohort, None, fit_on_training(cohort), augment="study" if augment else "none")
     return make_loader(data, batch_size, shuffle=True, seed=0, workers=fast.workers,
                        pin_memory=fast.pin_memory)
 

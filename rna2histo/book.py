@@ -79,10 +79,20 @@ def training_parameters(model: str, path: Path) -> dict:
     if path.stem != notebook.stem and path.stem in {nb.stem for nb in chapters()}:
         raise where(path, f"is chapter {path.stem}'s file; {model} is trained by chapter {notebook.stem}")
     defaults, values = chapter_parameters(notebook), read_parameters(path)
-    for key in values:
+    for key, value in values.items():
         if key not in defaults:
             raise where(path, f"unknown parameter {key!r}; chapter {notebook.stem} has {', '.join(defaults)}")
+        if is_number(defaults[key]) and not is_number(value):
+            raise where(path, f"{key}: expected a number, got {value!r}" + YAML_EXPONENT_HINT)
     return {**defaults, **values}
+
+
+# YAML 1.1 (PyYAML) reads 2e-4 as text: it takes a float only with a decimal point, 2.0e-4.
+YAML_EXPONENT_HINT = " (write exponents with a decimal point, 2.0e-4: YAML reads 2e-4 as text)"
+
+
+def is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False,

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .augment import StudyAugment
+from .augment import augmentation
 from .cohort import Cohort
 from .rna import Normaliser
 
@@ -34,6 +34,8 @@ class TileDataset(Dataset):
     """Tiles of one split with their patients' normalised RNA; augmented on `train` by default."""
 
     def __init__(self, cohort: Cohort, split: str | None, normaliser: Normaliser, augment=None, latent=None):
+        """`augment`: an `rna2histo.augment.augmentation` name; None: the study's on the training
+        split, none elsewhere."""
         self.tiles_path = cohort.root / "tiles.npy"
         self.indices = cohort.tile_indices(split)
         patients = cohort.patients()
@@ -43,8 +45,9 @@ class TileDataset(Dataset):
         position = {p: i for i, p in enumerate(patients)}
         ids = cohort.tiles_table["patient_id"].to_numpy()[self.indices]
         self.patient = torch.tensor([position[p] for p in ids], dtype=torch.long)
-        augment = (split == "train") if augment is None else augment
-        self.augment = StudyAugment(cohort.image_size) if augment else None
+        if augment is None:
+            augment = "study" if split == "train" else "none"
+        self.augment = augmentation(augment, cohort.image_size)
         self._tiles = None  # opened lazily: each loader worker maps the file itself
 
     def __len__(self) -> int:

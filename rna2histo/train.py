@@ -287,6 +287,7 @@ def fit(
     rna_encoder: str = "mlp",
     rna_latent: int = 200,
     rna_beta: float = 1.0,
+    augment: str = "study",
     **options,
 ) -> Path:
     """Train `model` on a cohort; returns the run folder. `options` override model config fields.
@@ -295,6 +296,10 @@ def fit(
     compact latent fitted on the training patients (``pca`` with `rna_latent` components, or
     ``betavae`` with a `rna_latent`-dimensional posterior mean and KL weight `rna_beta`); see
     `rna2histo.latent`. The fitted latent is saved in every checkpoint.
+
+    `augment` names the training tiles' augmentation (`rna2histo.augment.augmentation`): "study"
+    (flips, rotations, shift and colour jitter), "geometric" (the same without the colour jitter,
+    which the generators learn to draw) or "none".
 
     `batch_size` is per process: under torchrun (`rna2histo.distributed`) a step sees
     processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
@@ -364,8 +369,8 @@ def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
         run_dir=resolve(params["run_dir"]),
         params=params,
         normaliser=normaliser,
-        train=TileDataset(cohort, "train", normaliser, latent=latent),
-        val=TileDataset(cohort, "val", normaliser, augment=False, latent=latent),
+        train=TileDataset(cohort, "train", normaliser, augment=params["augment"], latent=latent),
+        val=TileDataset(cohort, "val", normaliser, augment="none", latent=latent),
         device=device,
         world=world,
         latent=latent,

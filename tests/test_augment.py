@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from rna2histo.augment import _YIQ, LUMA, StudyAugment, _hue_rotation, colour_jitter, geometry
+from rna2histo.augment import _YIQ, LUMA, StudyAugment, _hue_rotation, augmentation, colour_jitter, geometry
+from rna2histo.errors import UserError
 
 
 def gen(seed=0):
@@ -71,3 +72,15 @@ def test_study_augment_is_seeded_in_range_and_differs_per_tile():
     assert torch.equal(a, b) and a.shape == x.shape
     assert a.min() >= -1 and a.max() <= 1
     assert len({t.sum().item() for t in a}) == 16
+
+
+def test_geometric_augmentation_moves_pixels_and_never_changes_a_colour():
+    x = torch.rand(1, 3, 32, 32).repeat(16, 1, 1, 1) * 2 - 1
+    colours = {tuple(c) for c in x[0].flatten(1).T.tolist()}
+    geometric, study = augmentation("geometric", 32)(x, gen(2)), augmentation("study", 32)(x, gen(2))
+    assert not torch.equal(geometric, x)  # the tiles moved ...
+    assert all(tuple(c) in colours for t in geometric for c in t.flatten(1).T.tolist())  # ... as they were
+    assert not all(tuple(c) in colours for c in study[0].flatten(1).T.tolist())  # the study's jitter recolours
+    assert augmentation("none", 32) is None
+    with pytest.raises(UserError, match="unknown augment 'colour'; expected one of study, geometric, none"):
+        augmentation("colour", 32)

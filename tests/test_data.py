@@ -49,7 +49,7 @@ def test_range_conversion_round_trips():
 
 
 def test_dataset_pickles_without_its_memory_map(tiny_cohort):
-    ds = TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort), augment=False)
+    ds = TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort), augment="none")
     ds[0]
     assert ds._tiles is not None
     clone = pickle.loads(pickle.dumps(ds))
@@ -57,7 +57,7 @@ def test_dataset_pickles_without_its_memory_map(tiny_cohort):
 
 
 def test_loader_order_depends_on_seed_only(tiny_cohort):
-    ds = TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort), augment=False)
+    ds = TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort), augment="none")
     order = lambda seed: torch.cat([b[2] for b in make_loader(ds, 4, shuffle=True, seed=seed)])  # noqa: E731
     assert torch.equal(order(1), order(1))
     assert len(order(1)) == len(ds)

@@ -52,12 +52,12 @@ def fixed_noise_step(self, batch, step):
 
 @contextlib.contextmanager
 def fixed_randomness():
-    saved = Diffusion.training_step, data.StudyAugment
-    Diffusion.training_step, data.StudyAugment = fixed_noise_step, lambda image_size: None
+    saved = Diffusion.training_step, data.augmentation
+    Diffusion.training_step, data.augmentation = fixed_noise_step, lambda name, image_size: None
     try:
         yield
     finally:
-        Diffusion.training_step, data.StudyAugment = saved
+        Diffusion.training_step, data.augmentation = saved
 
 
 def write_params(path: Path, **values) -> Path:
@@ -140,7 +140,7 @@ def state_dict(run: Path) -> dict:
 
 
 def test_the_shards_of_a_step_are_the_one_process_batch(tiny_cohort):
-    train = data.TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort), augment=False)
+    train = data.TileDataset(tiny_cohort, "train", fit_on_training(tiny_cohort), augment="none")
     one = [p for _, _, p in data.make_loader(train, 6, shuffle=True, seed=5, drop_last=True)]
     shards = [list(sharded_loader(train, 3, World(rank, 2), seed=5)) for rank in (0, 1)]
     two = [torch.cat([a[2], b[2]]) for a, b in zip(*shards, strict=True)]
@@ -224,12 +224,13 @@ def test_the_train_command_is_fit_with_the_files_values(tiny_cohort, tmp_path, c
         fit("diffusion", run_dir=tmp_path / "none", **values, train=False)
 
     # a key the chapter does not have, an image size the cohort does not have, another chapter's
-    # file: one line each, naming the file (the cohort for its size)
+    # file, text for a number: one line each, naming the file (the cohort for its size)
     cases = [("bad.yaml", dict(lr_g=1e-4), "bad.yaml: unknown parameter 'lr_g'"),
              ("size.yaml", dict(image_size=32), f"{tiny_cohort.root}: the cohort has 16 px tiles"),
-             ("02_cvae.yaml", {}, "02_cvae.yaml: is chapter 02_cvae's file")]
+             ("02_cvae.yaml", {}, "02_cvae.yaml: is chapter 02_cvae's file"),
+             ("lr.yaml", dict(lr="2e-4"), "lr.yaml: lr: expected a number, got '2e-4'")]
     for name, extra, message in cases:
-        bad = write_params(tmp_path / name, **values, **extra)
+        bad = write_params(tmp_path / name, **{**values, **extra})
         assert main(["train", "diffusion", "-f", str(bad), "--run-dir", str(tmp_path / "bad")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and err[0].startswith("error: ") and message in err[0], err

@@ -182,6 +182,24 @@ def test_presets_sizes(model_cls):
         build(model_cls, image_size=40)
 
 
+@ids
+def test_config_overrides_are_checked(model_cls):
+    cfg = model_cls.Config
+    with pytest.raises(UserError, match=f"unknown {cfg.__name__} fields: widht"):
+        cfg.preset("small", widht=3)
+    lr = "lr" if hasattr(cfg, "lr") else "lr_g"
+    with pytest.raises(UserError, match=f"{cfg.__name__}.{lr}: expected a number, got '1e-4'"):
+        cfg.preset("small", **{lr: "1e-4"})
+    if hasattr(cfg, "upsample"):
+        with pytest.raises(UserError, match="unknown upsample 'bilinear'"):
+            build(model_cls, upsample="bilinear")
+        model = build(model_cls, upsample="resize")  # nearest x2 + 3x3 conv: same tiles out
+        x, c, _ = tiles(4)
+        out = model.training_step((x, c, None), Step(model.configure_optimizers(1), CPU))
+        assert all(math.isfinite(v) for v in out.values())
+        assert model.eval().sample(c, torch.Generator().manual_seed(0)).shape == x.shape
+
+
 def noise_spread(model, c, n=6):
     """Mean |difference| between tiles of one condition from different noise."""
     model.eval()

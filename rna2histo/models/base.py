@@ -49,6 +49,11 @@ class ModelConfig:
         unknown = set(overrides) - known
         if unknown:
             raise UserError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
+        defaults = cls()
+        for key, value in overrides.items():  # e.g. lr "2e-4", which YAML reads as text
+            default = getattr(defaults, key)
+            if isinstance(default, float) and not isinstance(value, (int, float)):
+                raise UserError(f"{cls.__name__}.{key}: expected a number, got {value!r}")
         return cls(**{**cls.PRESETS[name], **overrides})
 
     def to_dict(self) -> dict:

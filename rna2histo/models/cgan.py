@@ -29,6 +29,7 @@ class CGANConfig(ModelConfig):
     z_dim: int = 64
     rna_widths: tuple[int, ...] = (256, 128)  # RNA MLP, one in G and one in D
     g_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 transposed convs: C_0 -> ... -> 3
+    upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
     norm: str = "batch"  # generator norm (the study: BatchNorm; FiLM keeps c alive after it)
     d_channels: tuple[int, ...] = (32, 64, 128, 128)  # 4 strided convs on the image
     d_hidden: int = 256  # width of D's head on [image features, RNA embedding]
@@ -68,7 +69,7 @@ class CGANGenerator(nn.Module):
         super().__init__()
         self.rna = RNAEncoder(cfg.n_genes, cfg.rna_widths)
         e_dim = self.rna.out_features
-        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.g_channels, cfg.norm)
+        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.g_channels, cfg.norm, cfg.upsample)
 
     def forward(self, z: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return self.decoder(z, self.rna(c))  # (B, z_dim), (B, G) -> (B, 3, S, S)

@@ -34,6 +34,7 @@ class CVAEConfig(ModelConfig):
     rna_widths: tuple[int, ...] = (256, 128)  # one RNA MLP, shared by encoder and decoder
     enc_channels: tuple[int, ...] = (32, 64, 128, 128)  # 4 strided convs
     dec_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 transposed convs: C_0 -> ... -> 3
+    upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
     norm: str = "batch"
     beta: float = 0.1  # KL weight, per pixel value (see the module docstring)
     lr: float = 1e-4
@@ -91,7 +92,7 @@ class CVAE(Generator):
         self.rna = RNAEncoder(cfg.n_genes, cfg.rna_widths)
         e_dim = self.rna.out_features
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, e_dim, cfg.enc_channels, cfg.norm)
-        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm)
+        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample)
         self.apply(init_weights)
 
     def parameter_counts(self) -> dict[str, int]:

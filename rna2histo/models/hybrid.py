@@ -46,6 +46,7 @@ class HybridConfig(ModelConfig):
     rna_widths: tuple[int, ...] = (256, 128)  # one RNA MLP in the VAE, one in D
     enc_channels: tuple[int, ...] = (32, 64, 128, 128)
     dec_channels: tuple[int, ...] = (128, 64, 32, 16)
+    upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
     norm: str = "batch"
     d_channels: tuple[int, ...] = (32, 64, 128, 128)
     d_hidden: int = 256
@@ -117,7 +118,7 @@ class Hybrid(Generator):
         self.rna = RNAEncoder(cfg.n_genes, cfg.rna_widths)
         e_dim = self.rna.out_features
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, e_dim, cfg.enc_channels, cfg.norm)
-        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm)
+        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample)
         self.discriminator = Discriminator.from_config(cfg)
         self.apply(init_weights)
         self.perceptual_mode = resolve_perceptual(cfg.perceptual)  # "lpips", "lpips-random", "none"

@@ -3,8 +3,9 @@
 - `down`, `DownStack`: Conv2d 4x4 stride 2 + norm + LeakyReLU, halving the size per block; the
   stack returns every block's feature map (the hybrid's feature matching reads them). It is the
   body of the discriminator and of the VAE encoder.
-- `FiLM`, `UpBlock`, `UpDecoder`: (z, e) -> x, a linear projection to a small map and transposed
-  convs doubling it; the cGAN generator, the cVAE decoder and the hybrid decoder.
+- `FiLM`, `UpBlock`, `UpDecoder`: (z, e) -> x, a linear projection to a small map and
+  up-sampling layers doubling it (`up`: the study's transposed convs, or resize + conv); the cGAN
+  generator, the cVAE decoder and the hybrid decoder.
 
 Where the condition enters: *after* every normalisation, as a per-sample scale and shift (FiLM).
 BatchNorm removes each channel's mean and scale over the batch, and a batch may hold one
@@ -23,6 +24,7 @@ from torch import nn
 from ..errors import UserError
 
 NORMS = ("batch", "instance", "group", "none")
+UPSAMPLE = ("transposed", "resize")
 SLOPE = 0.2  # LeakyReLU slope of DCGAN and the study
 
 
@@ -97,12 +99,29 @@ class FiLM(nn.Module):
         return h * (1 + gamma) + beta
 
 
-class UpBlock(nn.Module):
-    """ConvTranspose2d 4x4/2 + norm + FiLM(s) + LeakyReLU: (B, C, H, W) -> (B, C', 2H, 2W)."""
+def up(c_in: int, c_out: int, kind: str = "transposed", bias: bool = True) -> nn.Module:
+    """A layer doubling the size: (B, c_in, H, W) -> (B, c_out, 2H, 2W).
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, norm: str = "batch"):
+    "transposed": ConvTranspose2d 4x4 stride 2, the study's. Each output pixel is drawn by one of
+    four 2x2 sub-kernels chosen by the parity of its position; until training makes them agree,
+    neighbouring pixels are drawn differently and a generator paints a checkerboard (Odena,
+    Dumoulin & Olah 2016, "Deconvolution and checkerboard artifacts"). "resize": nearest-neighbour
+    x2, then a 3x3 conv, one kernel for every output pixel: the fix that paper recommends.
+    """
+    if kind == "transposed":
+        return nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=bias)
+    if kind == "resize":
+        resize = nn.Upsample(scale_factor=2, mode="nearest")
+        return nn.Sequential(resize, nn.Conv2d(c_in, c_out, 3, padding=1, bias=bias))
+    raise UserError(f"unknown upsample {kind!r}; expected one of {', '.join(UPSAMPLE)}")
+
+
+class UpBlock(nn.Module):
+    """`up` (x2) + norm + FiLM(s) + LeakyReLU: (B, C, H, W) -> (B, C', 2H, 2W)."""
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, norm="batch", upsample="transposed"):
         super().__init__()
-        self.conv = nn.ConvTranspose2d(c_in, c_out, 4, stride=2, padding=1, bias=norm == "none")
+        self.conv = up(c_in, c_out, upsample, bias=norm == "none")
         self.norm = norm2d(norm, c_out, affine=False)
         self.film = FiLM(cond_dim, c_out)
 
@@ -113,12 +132,13 @@ class UpBlock(nn.Module):
 class UpDecoder(nn.Module):
     """(z, e) -> x in [-1, 1] (B, 3, S, S): s = [z, e] projected to (C_0, S/2^n, S/2^n), upsampled.
 
-    With ``channels = (C_0, ..., C_{n-1})`` the n transposed convs map C_0 -> ... -> C_{n-1} -> 3,
-    the last one followed by Tanh. s reaches every resolution through FiLM: these are the
+    With ``channels = (C_0, ..., C_{n-1})`` the n up-sampling layers (`up`, of kind `upsample`)
+    map C_0 -> ... -> C_{n-1} -> 3, the last one followed by Tanh. s reaches every resolution through FiLM: these are the
     generator's skip connections from the condition, so the RNA cannot fade with depth.
     """
 
-    def __init__(self, image_size: int, z_dim: int, e_dim: int, channels: tuple, norm="batch"):
+    def __init__(self, image_size: int, z_dim: int, e_dim: int, channels: tuple, norm="batch",
+                 upsample="transposed"):
         super().__init__()
         cond = z_dim + e_dim
         self.side = check_size(image_size, len(channels))
@@ -126,8 +146,8 @@ class UpDecoder(nn.Module):
         self.norm0 = norm2d(norm, channels[0], affine=False)
         self.film0 = FiLM(cond, channels[0])
         pairs = zip(channels[:-1], channels[1:])
-        self.blocks = nn.ModuleList(UpBlock(a, b, cond, norm) for a, b in pairs)
-        self.out = nn.ConvTranspose2d(channels[-1], 3, 4, stride=2, padding=1)
+        self.blocks = nn.ModuleList(UpBlock(a, b, cond, norm, upsample) for a, b in pairs)
+        self.out = up(channels[-1], 3, upsample)
 
     def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         s = torch.cat([z, e], dim=1)  # (B, z_dim + e_dim)
