@@ -52,7 +52,8 @@ class ModelConfig:
         defaults = cls()
         for key, value in overrides.items():  # e.g. lr "2e-4", which YAML reads as text
             default = getattr(defaults, key)
-            if isinstance(default, float) and not isinstance(value, (int, float)):
+            number = isinstance(value, (int, float)) and not isinstance(value, bool)
+            if isinstance(default, float) and not number:
                 raise UserError(f"{cls.__name__}.{key}: expected a number, got {value!r}")
         return cls(**{**cls.PRESETS[name], **overrides})
 

@@ -28,7 +28,7 @@ from .base import Generator, ModelConfig, adam, count_parameters, init_weights, 
 class CGANConfig(ModelConfig):
     z_dim: int = 64
     rna_widths: tuple[int, ...] = (256, 128)  # RNA MLP, one in G and one in D
-    g_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 transposed convs: C_0 -> ... -> 3
+    g_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 up-sampling layers: C_0 -> ... -> 3
     upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
     norm: str = "batch"  # generator norm (the study: BatchNorm; FiLM keeps c alive after it)
     d_channels: tuple[int, ...] = (32, 64, 128, 128)  # 4 strided convs on the image

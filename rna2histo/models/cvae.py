@@ -33,7 +33,7 @@ class CVAEConfig(ModelConfig):
     z_dim: int = 64
     rna_widths: tuple[int, ...] = (256, 128)  # one RNA MLP, shared by encoder and decoder
     enc_channels: tuple[int, ...] = (32, 64, 128, 128)  # 4 strided convs
-    dec_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 transposed convs: C_0 -> ... -> 3
+    dec_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 up-sampling layers: C_0 -> ... -> 3
     upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
     norm: str = "batch"
     beta: float = 0.1  # KL weight, per pixel value (see the module docstring)
