@@ -17,7 +17,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError, where
+from .errors import UserError, is_number, where
 from .paths import PARAMS, ROOT
 
 BUILD = ROOT / "_build"
@@ -90,9 +90,6 @@ def training_parameters(model: str, path: Path) -> dict:
 # YAML 1.1 (PyYAML) reads 2e-4 as text: it takes a float only with a decimal point, 2.0e-4.
 YAML_EXPONENT_HINT = " (write exponents with a decimal point, 2.0e-4: YAML reads 2e-4 as text)"
 
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False,

@@ -41,7 +41,7 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
-        from ..errors import UserError
+        from ..errors import UserError, is_number
 
         if name not in cls.PRESETS:
             raise UserError(f"unknown model_size {name!r}; expected one of {', '.join(cls.PRESETS)}")
@@ -52,8 +52,7 @@ class ModelConfig:
         defaults = cls()
         for key, value in overrides.items():  # e.g. lr "2e-4", which YAML reads as text
             default = getattr(defaults, key)
-            number = isinstance(value, (int, float)) and not isinstance(value, bool)
-            if isinstance(default, float) and not number:
+            if isinstance(default, float) and not is_number(value):
                 raise UserError(f"{cls.__name__}.{key}: expected a number, got {value!r}")
         return cls(**{**cls.PRESETS[name], **overrides})
 
