@@ -91,7 +91,6 @@ def training_parameters(model: str, path: Path) -> dict:
 YAML_EXPONENT_HINT = " (write exponents with a decimal point, 2.0e-4: YAML reads 2e-4 as text)"
 
 
-
 def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, resume: bool = False,
                   compile: bool = False, **overrides) -> Path:
     """Train `model` as its chapter does, with the chapter's parameters from `params_file`.
