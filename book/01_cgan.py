@@ -49,6 +49,20 @@
 # blotches were partly orange under the study's augmentation and pink and purple, the colours of
 # the real tiles, with `augment = "geometric"` (the same augmentation without the jitter). The
 # default, `"study"`, is the study's; the demo profile uses `"geometric"` for every generator.
+#
+# **Beyond the study: augmenting what $D$ sees** (DiffAugment; Zhao et al., 2020). With little
+# data a discriminator learns the training images themselves and its gradient stops telling $G$
+# about the distribution; the demo cohort has 700 training tiles. `d_augment` applies random, differentiable transforms to *every* image $D$
+# judges, real and generated, in both players' steps: `"translation"` (a shift by up to 1/8 of
+# the side, zero-filled), `"cutout"` (a zeroed square of half the side), `"color"` (brightness,
+# saturation, contrast). $G$ is never shown augmented tiles, so unlike the training augmentation
+# above nothing leaks into its samples. Off (`"none"`) by default, the study's. On the demo cohort
+# `"translation,cutout"` gave lumens, stroma and nucleus-dark clusters where $G$ drew blotches
+# without it, and the samples' colour, contrast and texture came closer to the real tiles'
+# (validation statistics error 0.070 -> 0.059 after 40 epochs); adding `"color"` made them
+# darker and speckled (0.087). The demo profile's comments have the measurements. Transposed convolutions still painted a checkerboard over them, so the
+# demo profile also up-samples by resizing (`upsample = "resize"`, nearest-neighbour x2 and a
+# 3x3 convolution; Odena et al., 2016).
 
 # %% tags=["parameters"]
 cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default if missing
@@ -72,6 +86,7 @@ lr_g = 2e-4  # generator learning rate (the study: 5e-5, too slow for a CPU budg
 lr_d = 2e-4  # discriminator learning rate (the study: 2e-4)
 w_diverse = 0.0  # weight of the mode-seeking term; 0 is the study's loss
 upsample = "transposed"  # decoder up-sampling: "transposed" (the study) or "resize" (no checkerboard)
+d_augment = "none"  # DiffAugment for D's inputs: "none" (the study) or a subset of "color,translation,cutout"
 
 # %%
 from rna2histo import chapter
@@ -116,6 +131,7 @@ run = fit(
     lr_g=lr_g,
     lr_d=lr_d,
     upsample=upsample,
+    d_augment=d_augment,
     w_diverse=w_diverse,
     rna_encoder=rna_encoder,
     rna_latent=rna_latent,

@@ -20,6 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..nets.conv import DownStack, UpDecoder, gaussian
+from ..nets.diffaugment import diff_augment, parse_policy
 from ..nets.rna import RNAEncoder
 from .base import Generator, ModelConfig, adam, count_parameters, init_weights, statistics_error
 
@@ -36,6 +37,7 @@ class CGANConfig(ModelConfig):
     d_dropout: float = 0.2  # the study: 0.1-0.3
     d_norm: str = "none"  # per-batch statistics would let D compare a real batch with a fake one
     d_spectral: bool = True  # spectral normalisation of every D layer (see `Discriminator`)
+    d_augment: str = "none"  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (nets.diffaugment)
     real_label: float = 0.9
     fake_label: float = 0.1
     lr_g: float = 5e-5
@@ -155,6 +157,7 @@ class CGAN(Generator):
         self.generator = CGANGenerator(cfg)
         self.discriminator = Discriminator.from_config(cfg)
         self.apply(init_weights)
+        self.d_augment = parse_policy(cfg.d_augment)
 
     def parameter_counts(self) -> dict[str, int]:
         return {
@@ -169,9 +172,15 @@ class CGAN(Generator):
             out[name] = (opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs)))
         return out
 
+    def judge(self, x, c) -> torch.Tensor:
+        """D's logits for x, through the DiffAugment policy while training (never at validation)."""
+        if self.training and self.d_augment:
+            x = diff_augment(x, self.d_augment)
+        return self.discriminator(x, c)[0]
+
     def losses(self, x, fake, c) -> dict[str, torch.Tensor]:
         """L_D on (x, fake) and L_G on fake; pass a detached fake when only L_D is wanted."""
-        real_logit, fake_logit = self.discriminator(torch.cat([x, fake]), c)[0].chunk(2)
+        real_logit, fake_logit = self.judge(torch.cat([x, fake]), c).chunk(2)
         cfg = self.cfg
         return {
             "loss_d": bce(real_logit, cfg.real_label) + bce(fake_logit, cfg.fake_label),
@@ -189,7 +198,7 @@ class CGAN(Generator):
         out = {k: float(d[k]) for k in ("d_real", "d_fake")}
         out["loss_d"] = step("d", d["loss_d"])
         with step.autocast():
-            fake_logit, _ = self.discriminator(fake, c)  # D after its step, as in DCGAN
+            fake_logit = self.judge(fake, c)  # D after its step, as in DCGAN
             loss_g = bce(fake_logit, self.cfg.real_label)
             if self.cfg.w_diverse:
                 loss_g = loss_g + self.cfg.w_diverse * self.mode_seeking(fake, z, c)
