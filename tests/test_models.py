@@ -207,11 +207,12 @@ def noise_spread(model, c, n=6):
     return float((samples[:, None] - samples[None]).abs().mean())
 
 
-def test_mode_seeking_keeps_the_noise_meaningful():
+@pytest.mark.parametrize("model_cls", [CGAN, Hybrid], ids=lambda m: m.name)
+def test_mode_seeking_keeps_the_noise_meaningful(model_cls):
     x, c, p = tiles()
     spread = {}
     for w in (0.0, 1.0):
-        model = build(CGAN, w_diverse=w, lr_g=1e-3, lr_d=1e-3)
+        model = build(model_cls, w_diverse=w, lr_g=1e-3, lr_d=1e-3)
         step = Step(model.configure_optimizers(1), CPU)
         torch.manual_seed(0)
         for _ in range(40):

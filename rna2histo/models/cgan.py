@@ -64,6 +64,18 @@ def bce(logits: torch.Tensor, label: float) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, torch.full_like(logits, label))
 
 
+def mode_seeking(fake: torch.Tensor, z: torch.Tensor, draw) -> torch.Tensor:
+    """1 / (|G(z1, c) - G(z2, c)| / |z1 - z2|): small when other noise gives other tiles.
+
+    Mao et al. (2019): a conditional generator tends to ignore z (one tile per condition);
+    penalising the inverse ratio of image to noise distance keeps the noise meaningful.
+    `fake` = G(z, c) and `draw(z2)` = G(z2, c) for the same conditions.
+    """
+    z2 = torch.randn_like(z)
+    ratio = (fake - draw(z2)).abs().mean() / (z - z2).abs().mean()
+    return 1.0 / (ratio + 1e-5)
+
+
 class CGANGenerator(nn.Module):
     """G(z, c): the RNA embedding e = MLP(c) and z drive an `UpDecoder` (FiLM at every size)."""
 
@@ -201,19 +213,10 @@ class CGAN(Generator):
             fake_logit = self.judge(fake, c)  # D after its step, as in DCGAN
             loss_g = bce(fake_logit, self.cfg.real_label)
             if self.cfg.w_diverse:
-                loss_g = loss_g + self.cfg.w_diverse * self.mode_seeking(fake, z, c)
+                draw = lambda z2: self.generator(z2, c)  # noqa: E731
+                loss_g = loss_g + self.cfg.w_diverse * mode_seeking(fake, z, draw)
         out["loss_g"] = step("g", loss_g)
         return out
-
-    def mode_seeking(self, fake, z, c) -> torch.Tensor:
-        """1 / (|G(z1, c) - G(z2, c)| / |z1 - z2|): small when other noise gives other tiles.
-
-        Mao et al. (2019): a conditional generator tends to ignore z (one tile per condition);
-        penalising the inverse ratio of image to noise distance keeps the noise meaningful.
-        """
-        z2 = torch.randn_like(z)
-        ratio = (fake - self.generator(z2, c)).abs().mean() / (z - z2).abs().mean()
-        return 1.0 / (ratio + 1e-5)
 
     @torch.no_grad()
     def validation_step(self, batch) -> dict[str, float]:

@@ -9,8 +9,9 @@ With e = MLP(c), smoothed labels r = 0.9, f = 0.1 and D_k the discriminator's k-
     L_G = w_adv BCE(D([x_rec, x_pri]), r) + w_recon |x - x_rec|_1 + w_perc LPIPS(x_rec, x)
           + w_kl KL(q(z | x, c) || N(0, I)) + w_feat (1/n) sum_k |D_k(x) - D_k(x_rec)|_1
 
-with the study's weights 1, 10, 5, 0.5, 2. Normalisation: the L1 terms are means over elements
-(per pixel value, per feature value); the KL is summed over latent dimensions and divided by
+with the study's weights 1, 10, 5, 0.5, 2; ``w_diverse`` > 0 adds the cGAN's mode-seeking term
+on x_pri (`cgan.mode_seeking`; not the study's). Normalisation: the L1 terms are means over
+elements (per pixel value, per feature value); the KL is summed over latent dimensions and divided by
 z_dim (per latent dimension), so that every term is a mean, the scale the study's weights
 balance. L_G updates the RNA MLP, encoder and decoder ("g"), L_D the discriminator ("d").
 
@@ -34,7 +35,7 @@ from ..errors import UserError
 from ..nets.conv import UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
 from .base import Generator, ModelConfig, adam, count_parameters, init_weights
-from .cgan import Discriminator, bce
+from .cgan import Discriminator, bce, mode_seeking
 from .cvae import Encoder, kl_standard_normal, reparameterise
 
 PERCEPTUAL = ("auto", "lpips", "lpips-random", "none")
@@ -58,6 +59,7 @@ class HybridConfig(ModelConfig):
     w_perc: float = 5.0
     w_kl: float = 0.5
     w_feat: float = 2.0
+    w_diverse: float = 0.0  # mode-seeking on the prior samples (Mao et al. 2019); 0 = the study's loss
     perceptual: str = "auto"  # one of PERCEPTUAL
     real_label: float = 0.9
     fake_label: float = 0.1
@@ -176,8 +178,8 @@ class Hybrid(Generator):
             "perc": self.perceptual(x_rec, x),
         }
 
-    def generator_loss(self, x, c, x_rec, fake, mu, logvar) -> dict[str, torch.Tensor]:
-        """L_G and its terms; `fake` is [x_rec, x_pri] (2B, 3, S, S)."""
+    def generator_loss(self, x, c, x_rec, fake, mu, logvar, z_pri, e) -> dict[str, torch.Tensor]:
+        """L_G and its terms; `fake` is [x_rec, x_pri] (2B, 3, S, S), x_pri = Dec(z_pri, e)."""
         cfg = self.cfg
         fake_logit, fake_feats = self.discriminator(fake, c)
         with torch.no_grad():  # targets for feature matching, from D after its step
@@ -188,6 +190,9 @@ class Hybrid(Generator):
         terms.update(self.vae_terms(x, x_rec, mu, logvar))
         weight = {"adv": cfg.w_adv, "recon": cfg.w_recon, "perc": cfg.w_perc, "kl": cfg.w_kl}
         weight["feat"] = cfg.w_feat
+        if cfg.w_diverse:
+            terms["diverse"] = mode_seeking(fake[len(x):], z_pri, lambda z2: self.decoder(z2, e))
+            weight["diverse"] = cfg.w_diverse
         terms["loss_g"] = sum(weight[k] * terms[k] for k in weight)
         return terms
 
@@ -196,7 +201,8 @@ class Hybrid(Generator):
         cfg = self.cfg
         with step.autocast():
             x_rec, mu, logvar, e = self.reconstruct(x, c)
-            x_pri = self.decoder(torch.randn_like(mu), e)  # z' ~ N(0, I): what `sample` draws
+            z_pri = torch.randn_like(mu)  # z' ~ N(0, I): what `sample` draws
+            x_pri = self.decoder(z_pri, e)
             fake = torch.cat([x_rec, x_pri])  # (2B, 3, S, S)
             logits, _ = self.discriminator(torch.cat([x, fake.detach()]), c)  # x, x_rec, x_pri
             real_logit, fake_logit = logits[: len(x)], logits[len(x) :]
@@ -207,7 +213,7 @@ class Hybrid(Generator):
             "d_fake": float(torch.sigmoid(fake_logit.detach().float()).mean()),
         }
         with step.autocast():
-            terms = self.generator_loss(x, c, x_rec, fake, mu, logvar)
+            terms = self.generator_loss(x, c, x_rec, fake, mu, logvar, z_pri, e)
         out["loss_g"] = step("g", terms.pop("loss_g"))
         return {**out, **{k: float(v.detach()) for k, v in terms.items()}}
 
