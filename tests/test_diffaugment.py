@@ -22,7 +22,8 @@ def test_translation_is_a_zero_filled_shift_within_an_eighth_of_the_side():
     shifts = set()
     for a, b in zip(x, out):
         padded = torch.nn.functional.pad(a, (2, 2, 2, 2))  # 16 / 8 = 2 pixels at most
-        hits = [(dy, dx) for dy in range(5) for dx in range(5) if torch.equal(b, padded[:, dy:dy + 16, dx:dx + 16])]
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(b, padded[:, dy:dy + 16, dx:dx + 16])]
         assert len(hits) == 1
         shifts.add(hits[0])
     assert len(shifts) > 10  # tiles draw their own shifts
@@ -55,7 +56,7 @@ def test_cgan_augments_what_d_sees_in_training_only():
     model = CGAN(cfg)
     x, c = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randn(4, 10)
     model.eval()
-    assert torch.equal(model.judge(x, c), model.judge(x, c))  # validation: D sees the tiles as they are
+    assert torch.equal(model.judge(x, c), model.judge(x, c))  # validation: the tiles as they are
     model.train()
     model.discriminator.eval()  # dropout off, so any difference is the augmentation
     assert not torch.equal(model.judge(x, c), model.judge(x, c))

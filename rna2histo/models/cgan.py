@@ -8,6 +8,8 @@ Objectives, with BCE on logits and the study's smoothed labels r = 0.9 (real), f
 z ~ N(0, I) in R^z_dim. The discriminator steps first on detached fakes, then the generator.
 D joins image features and the RNA embedding as in the study and adds a projection term (see
 `Discriminator`); the generator is an `UpDecoder` with the condition after every BatchNorm.
+Beyond the study, both off by default: a mode-seeking term for G (``w_diverse``) and DiffAugment
+of every tile D judges (``d_augment``, `rna2histo.nets.diffaugment`).
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ class CGANConfig(ModelConfig):
     d_dropout: float = 0.2  # the study: 0.1-0.3
     d_norm: str = "none"  # per-batch statistics would let D compare a real batch with a fake one
     d_spectral: bool = True  # spectral normalisation of every D layer (see `Discriminator`)
-    d_augment: str = "none"  # DiffAugment policy for D's inputs, e.g. "translation,cutout" (nets.diffaugment)
+    d_augment: str = "none"  # DiffAugment of what D sees: "translation,cutout" (nets.diffaugment)
     real_label: float = 0.9
     fake_label: float = 0.1
     lr_g: float = 5e-5

@@ -11,9 +11,9 @@ With e = MLP(c), smoothed labels r = 0.9, f = 0.1 and D_k the discriminator's k-
 
 with the study's weights 1, 10, 5, 0.5, 2; ``w_diverse`` > 0 adds the cGAN's mode-seeking term
 on x_pri (`cgan.mode_seeking`; not the study's). Normalisation: the L1 terms are means over
-elements (per pixel value, per feature value); the KL is summed over latent dimensions and divided by
-z_dim (per latent dimension), so that every term is a mean, the scale the study's weights
-balance. L_G updates the RNA MLP, encoder and decoder ("g"), L_D the discriminator ("d").
+elements (per pixel value, per feature value); the KL is summed over latent dimensions and
+divided by z_dim (per latent dimension), so that every term is a mean, the scale the study's
+weights balance. L_G updates the RNA MLP, encoder and decoder ("g"), L_D the discriminator ("d").
 
 The perceptual term needs LPIPS's AlexNet. ``perceptual``: "lpips" (required; a missing download
 is an error), "auto" (on when the weights are present, else off), "none" (off), "lpips-random"
@@ -59,7 +59,7 @@ class HybridConfig(ModelConfig):
     w_perc: float = 5.0
     w_kl: float = 0.5
     w_feat: float = 2.0
-    w_diverse: float = 0.0  # mode-seeking on the prior samples (Mao et al. 2019); 0 = the study's loss
+    w_diverse: float = 0.0  # mode-seeking on the prior's tiles (cgan.mode_seeking); 0 = the study's
     perceptual: str = "auto"  # one of PERCEPTUAL
     real_label: float = 0.9
     fake_label: float = 0.1

@@ -22,12 +22,12 @@ POLICIES = ("color", "translation", "cutout")
 
 
 def parse_policy(policy: str) -> tuple[str, ...]:
-    """"translation,cutout" -> ("translation", "cutout"); "" or "none" -> (); unknown names refused."""
+    """"translation,cutout" -> ("translation", "cutout"); "" or "none" -> (); others refused."""
     names = tuple(p.strip() for p in policy.split(",") if p.strip() and p.strip() != "none")
     unknown = [p for p in names if p not in POLICIES]
     if unknown:
-        raise UserError(f"unknown d_augment policy {unknown[0]!r}; expected a comma-separated subset of "
-                        f"{', '.join(POLICIES)} (or 'none')")
+        raise UserError(f"unknown d_augment policy {unknown[0]!r}; expected a comma-separated "
+                        f"subset of {', '.join(POLICIES)} (or 'none')")
     return names
 
 
@@ -62,7 +62,8 @@ def translation(x: torch.Tensor, ratio: float = 0.125) -> torch.Tensor:
     rows, cols = rows.clamp(0, h + 1), cols.clamp(0, w + 1)
     padded = torch.nn.functional.pad(x, (1, 1, 1, 1))  # (B, C, H + 2, W + 2)
     batch = torch.arange(b, device=x.device)[:, None, None]
-    return padded.permute(0, 2, 3, 1)[batch, rows.expand(b, h, w), cols.expand(b, h, w)].permute(0, 3, 1, 2)
+    shifted = padded.permute(0, 2, 3, 1)[batch, rows.expand(b, h, w), cols.expand(b, h, w)]
+    return shifted.permute(0, 3, 1, 2)  # (B, H, W, C) -> (B, C, H, W)
 
 
 def cutout(x: torch.Tensor, ratio: float = 0.5) -> torch.Tensor:
