@@ -389,6 +389,20 @@ def _fit_latent(params: dict, cohort, normaliser) -> Latent | None:
     return latent
 
 
+def config_changes(saved: dict, cfg) -> str:
+    """The fields where a run's saved config and `cfg` differ, as "name: saved -> now", or "".
+
+    A field the saved config lacks was added to the code after the run was trained; it takes
+    its default, which is the behaviour the run was trained with (new fields default to it).
+    """
+    fields = dataclasses.fields(cfg)
+    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
+    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
+    now = cfg.to_dict()
+    names = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
+    return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in names)
+
+
 def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     state = load_checkpoint(path, map_location=trainer.device)
     encoder = state["params"].get("rna_encoder", "mlp"), state["params"].get("rna_latent_fit")
@@ -396,8 +410,13 @@ def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
         dim = "" if encoder[1] is None else f" with {encoder[1]['dim']} dimensions"
         raise UserError(f"{path}: cannot resume: the run was conditioned through rna_encoder={encoder[0]!r}{dim}; "
                         "use the same rna_encoder settings or another run_dir")
-    if state["model"] != trainer.model.name or state["config"] != trainer.model.cfg.to_dict():
-        raise UserError(f"{path}: cannot resume: it holds a different model or config; use another run_dir")
+    if state["model"] != trainer.model.name:
+        raise UserError(f"{path}: cannot resume: it holds a different model ({state['model']}); "
+                        "use another run_dir")
+    changed = config_changes(state["config"], trainer.model.cfg)
+    if changed:
+        raise UserError(f"{path}: cannot resume: it holds a different model config ({changed}); "
+                        "use another run_dir")
     notes = state["params"].get("model_notes", {})
     if notes != trainer.params["model_notes"]:
         raise UserError(f"{path}: cannot resume: the run had {notes}, this machine gives {trainer.params['model_notes']}")

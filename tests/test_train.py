@@ -84,10 +84,21 @@ def test_resume_equals_an_uninterrupted_run(cohort_dir, tmp_path, monkeypatch, m
 
 def test_resume_refuses_another_model_config_or_schedule(cohort_dir, tmp_path):
     fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=1, **FAST)
-    with pytest.raises(UserError, match="cannot resume: .* different model or config"):
+    with pytest.raises(UserError, match=r"cannot resume: .* different model config \(z_dim: \d+ -> 7\)"):
         fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=1, resume=True, z_dim=7, **FAST)
     with pytest.raises(UserError, match="cannot resume: .* for 1 epochs"):
         fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=2, resume=True, **FAST)
+
+
+def test_a_field_added_after_a_run_takes_its_default_on_resume():
+    from rna2histo.models.cgan import CGANConfig
+    from rna2histo.train import config_changes
+
+    cfg = CGANConfig.preset("small", n_genes=10, image_size=32)
+    older = {k: v for k, v in cfg.to_dict().items() if k != "d_augment"}  # saved before the field
+    assert config_changes(older, cfg) == ""
+    cut = CGANConfig.preset("small", n_genes=10, image_size=32, d_augment="cutout")
+    assert config_changes(older, cut) == "d_augment: 'none' -> 'cutout'"
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cohort_dir, tmp_path, monkeypatch):
