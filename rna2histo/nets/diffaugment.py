@@ -1,10 +1,12 @@
 """Differentiable augmentation of a discriminator's inputs (DiffAugment, Zhao et al. 2020).
 
-A GAN trained on a few hundred tiles overfits its discriminator: D memorises the real tiles and
-its gradient stops telling G anything about tissue. Augmenting the *training data* would not
-help a generator (it learns to draw the augmented tiles, `rna2histo.augment`); augmenting every
-image D sees, real and generated alike, in a way gradients pass through, does: D must judge
-tissue whatever the shift, colour or missing patch, and G is never asked to draw those.
+With little data a GAN's discriminator memorises the real images and its gradient stops telling
+G about the distribution (Zhao et al.; the demo cohort has 700 training tiles). Augmenting the
+*training data* would not help a generator (it learns to draw the augmented tiles,
+`rna2histo.augment`); augmenting every image D sees, real and generated alike, in a way
+gradients pass through, does: D must judge tissue whatever the shift, colour or missing patch,
+and G is never asked to draw those. (`augment.geometry` shifts too, but per tile, mirror-filled,
+for the loader; here the shift is zero-filled, batched and on the training device.)
 
 Policies, as in the paper, on images in [-1, 1] (B, 3, S, S), each tile drawing its own:
 - "color": brightness + U(-0.5, 0.5), saturation x U(0, 2), contrast x U(0.5, 1.5);
