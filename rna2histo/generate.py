@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 from .data import to_uint8
-from .errors import where
+from .errors import UserError, where
 from .latent import Latent
 from .models import Generator, model_class
 from .rna import Normaliser
@@ -45,7 +45,11 @@ def load_run(run_dir: str | Path, which: str = "best", device: str | torch.devic
         raise where(Path(run_dir), f"no checkpoint {which!r} (train the model first, or pick another)")
     state = load_checkpoint(path, map_location=device)
     cls = model_class(state["model"])
-    model = cls(cls.Config(**state["config"]))
+    try:
+        cfg = cls.Config.from_saved(state["config"])
+    except UserError as err:
+        raise where(path, f"{err}; retrain the run") from None
+    model = cls(cfg)
     try:
         model.load_state_dict(state["state_dict"])
     except RuntimeError as err:  # weights of another version of the architecture

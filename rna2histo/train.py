@@ -389,18 +389,11 @@ def _fit_latent(params: dict, cohort, normaliser) -> Latent | None:
     return latent
 
 
-def config_changes(saved: dict, cfg) -> str:
-    """The fields where a run's saved config and `cfg` differ, as "name: saved -> now", or "".
-
-    A field the saved config lacks was added to the code after the run was trained; it takes
-    its default, which is the behaviour the run was trained with (new fields default to it).
-    """
-    fields = dataclasses.fields(cfg)
-    defaults = {f.name: f.default for f in fields if f.default is not dataclasses.MISSING}
-    saved = {**{k: v for k, v in defaults.items() if k not in saved}, **saved}
-    now = cfg.to_dict()
-    names = sorted(k for k in saved.keys() | now.keys() if saved.get(k) != now.get(k))
-    return ", ".join(f"{k}: {saved.get(k)!r} -> {now.get(k)!r}" for k in names)
+def config_changes(saved, cfg) -> str:
+    """The fields where a run's config (`ModelConfig.from_saved`) and `cfg` differ, as
+    "name: saved -> now", or ""."""
+    old, now = saved.to_dict(), cfg.to_dict()
+    return ", ".join(f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(now) if old[k] != now[k])
 
 
 def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
@@ -413,7 +406,11 @@ def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     if state["model"] != trainer.model.name:
         raise UserError(f"{path}: cannot resume: it holds a different model ({state['model']}); "
                         "use another run_dir")
-    changed = config_changes(state["config"], trainer.model.cfg)
+    try:
+        saved = type(trainer.model.cfg).from_saved(state["config"])
+    except UserError as err:
+        raise UserError(f"{path}: cannot resume: {err}; use another run_dir") from None
+    changed = config_changes(saved, trainer.model.cfg)
     if changed:
         raise UserError(f"{path}: cannot resume: it holds a different model config ({changed}); "
                         "use another run_dir")

@@ -96,9 +96,11 @@ def test_a_field_added_after_a_run_takes_its_default_on_resume():
 
     cfg = CGANConfig.preset("small", n_genes=10, image_size=32)
     older = {k: v for k, v in cfg.to_dict().items() if k != "d_augment"}  # saved before the field
-    assert config_changes(older, cfg) == ""
+    assert config_changes(CGANConfig.from_saved(older), cfg) == ""
     cut = CGANConfig.preset("small", n_genes=10, image_size=32, d_augment="cutout")
-    assert config_changes(older, cut) == "d_augment: 'none' -> 'cutout'"
+    assert config_changes(CGANConfig.from_saved(older), cut) == "d_augment: 'none' -> 'cutout'"
+    with pytest.raises(UserError, match="CGANConfig has fields this version does not know: g_widths"):
+        CGANConfig.from_saved({**older, "g_widths": (1, 2)})  # a field since removed
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(cohort_dir, tmp_path, monkeypatch):

@@ -56,6 +56,18 @@ class ModelConfig:
                 raise UserError(f"{cls.__name__}.{key}: expected a number, got {value!r}")
         return cls(**{**cls.PRESETS[name], **overrides})
 
+    @classmethod
+    def from_saved(cls, saved: dict) -> ModelConfig:
+        """A config saved in a checkpoint. A field it lacks was added to the code after the run
+        was trained and takes its default: new fields default to the behaviour before them."""
+        from ..errors import UserError
+
+        unknown = set(saved) - {f.name for f in fields(cls)}
+        if unknown:
+            raise UserError(f"its {cls.__name__} has fields this version does not know: "
+                            f"{', '.join(sorted(unknown))}")
+        return cls(**saved)
+
     def to_dict(self) -> dict:
         return asdict(self)
 
