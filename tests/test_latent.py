@@ -1,7 +1,6 @@
 """RNA latents: PCA and beta-VAE fitted on training patients only, saved in a run, used by generate."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 

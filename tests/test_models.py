@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from rna2histo.errors import UserError
+from rna2histo.models.adversary import adversarial_losses
 from rna2histo.models.cgan import CGAN
 from rna2histo.models.cvae import CVAE
 from rna2histo.models.hybrid import Hybrid, resolve_perceptual
@@ -128,9 +129,10 @@ def test_vae_models_overfit_a_handful_of_tiles(model_cls):
     assert last < 0.5 * first
 
 
-def test_cgan_learns_each_conditions_colour():
+@pytest.mark.parametrize("loss", ["bce", "hinge"])
+def test_cgan_learns_each_conditions_colour(loss):
     """G(z, c_i) takes on tile i's mean colour: far closer than at the start or with c shuffled."""
-    model = build(CGAN, lr_g=1e-3, lr_d=1e-3)
+    model = build(CGAN, lr_g=1e-3, lr_d=1e-3, loss=loss)
     x, c, p = tiles(8)
     step = Step(model.configure_optimizers(1), CPU)
 
@@ -144,6 +146,37 @@ def test_cgan_learns_each_conditions_colour():
     end = colour_error(c)
     assert end < 0.5 * start
     assert end < 0.5 * colour_error(c.roll(1, 0))
+
+
+def test_adversarial_losses_at_known_logits():
+    cfg = CGAN.Config(loss="hinge")
+    real, fake = torch.tensor([[2.0], [0.5]]), torch.tensor([[-3.0], [0.0]])  # (B, 1): whole tiles
+    loss_d, loss_g = adversarial_losses(real, fake, cfg)
+    # D: relu(1 - real) = (0, 0.5), relu(1 + fake) = (0, 1): a met margin costs nothing
+    assert float(loss_d) == pytest.approx(0.25 + 0.5) and float(loss_g) == pytest.approx(1.5)
+    cfg = CGAN.Config(loss="bce")  # the study's labels 0.9 / 0.1
+    loss_d, loss_g = adversarial_losses(torch.zeros(3, 1), torch.zeros(3, 1), cfg)
+    assert float(loss_d) == pytest.approx(2 * math.log(2)) and float(loss_g) == pytest.approx(math.log(2))
+    assert adversarial_losses(None, fake, cfg)[0] is None
+    # patch logits are a second group, added at the whole tile's weight whatever their number
+    tile, patches = torch.zeros(3, 1), torch.full((3, 16), 5.0)
+    _, loss_g = adversarial_losses(None, torch.cat([tile, patches], 1), cfg)
+    assert float(loss_g) == pytest.approx(math.log(2) + float(F.binary_cross_entropy_with_logits(
+        torch.tensor(5.0), torch.tensor(0.9))))
+    with pytest.raises(UserError, match="unknown loss 'wgan'; expected one of bce, hinge"):
+        build(CGAN, loss="wgan")
+
+
+@pytest.mark.parametrize("model_cls", [CGAN, Hybrid], ids=lambda m: m.name)
+def test_patch_logits_judge_every_position_of_the_chosen_block(model_cls):
+    model = build(model_cls, d_patch=3)  # 32 px: block 3 is a 4 x 4 map
+    x, c, p = tiles(4)
+    logits, features = model.discriminator(x, c)
+    assert logits.shape == (4, 1 + 16) and features[2].shape[-1] == 4
+    out = model.training_step((x, c, p), Step(model.configure_optimizers(1), CPU))
+    assert all(math.isfinite(v) for v in out.values())
+    with pytest.raises(UserError, match="d_patch 5: D has blocks 1-4"):
+        build(model_cls, d_patch=5)
 
 
 def test_hybrid_perceptual_modes(monkeypatch, tmp_path):

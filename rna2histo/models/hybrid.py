@@ -10,7 +10,8 @@ With e = MLP(c), smoothed labels r = 0.9, f = 0.1 and D_k the discriminator's k-
           + w_kl KL(q(z | x, c) || N(0, I)) + w_feat (1/n) sum_k |D_k(x) - D_k(x_rec)|_1
 
 with the study's weights 1, 10, 5, 0.5, 2; ``w_diverse`` > 0 adds the cGAN's mode-seeking term
-on x_pri (`cgan.mode_seeking`; not the study's). Normalisation: the L1 terms are means over
+on x_pri (`adversary.mode_seeking`; not the study's), and the shared `adversary` fields
+(``loss`` "hinge", ``d_patch``) act here as in the cGAN. Normalisation: the L1 terms are means over
 elements (per pixel value, per feature value); the KL is summed over latent dimensions and
 divided by z_dim (per latent dimension), so that every term is a mean, the scale the study's
 weights balance. L_G updates the RNA MLP, encoder and decoder ("g"), L_D the discriminator ("d").
@@ -34,38 +35,26 @@ from .. import weights
 from ..errors import UserError
 from ..nets.conv import UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
-from .base import Generator, ModelConfig, adam, count_parameters, init_weights
-from .cgan import Discriminator, bce, mode_seeking
+from .adversary import AdversaryConfig, Discriminator, adversarial_losses, mode_seeking, p_real
+from .base import Generator, adam, count_parameters, init_weights
 from .cvae import Encoder, kl_standard_normal, reparameterise
 
 PERCEPTUAL = ("auto", "lpips", "lpips-random", "none")
 
 
 @dataclass
-class HybridConfig(ModelConfig):
+class HybridConfig(AdversaryConfig):
     z_dim: int = 64
-    rna_widths: tuple[int, ...] = (256, 128)  # one RNA MLP in the VAE, one in D
     enc_channels: tuple[int, ...] = (32, 64, 128, 128)
     dec_channels: tuple[int, ...] = (128, 64, 32, 16)
     upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
     norm: str = "batch"
-    d_channels: tuple[int, ...] = (32, 64, 128, 128)
-    d_hidden: int = 256
-    d_dropout: float = 0.2
-    d_norm: str = "none"
-    d_spectral: bool = True
     w_adv: float = 1.0
     w_recon: float = 10.0
     w_perc: float = 5.0
     w_kl: float = 0.5
     w_feat: float = 2.0
-    w_diverse: float = 0.0  # mode-seeking on the prior's tiles (cgan.mode_seeking); 0 = the study's
     perceptual: str = "auto"  # one of PERCEPTUAL
-    real_label: float = 0.9
-    fake_label: float = 0.1
-    lr_g: float = 5e-5
-    lr_d: float = 2e-4
-    betas: tuple[float, float] = (0.5, 0.999)
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "small": {},  # the defaults above
@@ -121,7 +110,7 @@ class Hybrid(Generator):
         e_dim = self.rna.out_features
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, e_dim, cfg.enc_channels, cfg.norm)
         self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample)
-        self.discriminator = Discriminator.from_config(cfg)
+        self.discriminator = Discriminator(cfg)
         self.apply(init_weights)
         self.perceptual_mode = resolve_perceptual(cfg.perceptual)  # "lpips", "lpips-random", "none"
         net = None
@@ -186,7 +175,7 @@ class Hybrid(Generator):
             _, real_feats = self.discriminator(x, c)
         n = x.shape[0]
         feat = sum((f[:n].float() - r.float()).abs().mean() for f, r in zip(fake_feats, real_feats))
-        terms = {"adv": bce(fake_logit, cfg.real_label), "feat": feat / len(real_feats)}
+        terms = {"adv": adversarial_losses(None, fake_logit, cfg)[1], "feat": feat / len(real_feats)}
         terms.update(self.vae_terms(x, x_rec, mu, logvar))
         weight = {"adv": cfg.w_adv, "recon": cfg.w_recon, "perc": cfg.w_perc, "kl": cfg.w_kl}
         weight["feat"] = cfg.w_feat
@@ -206,12 +195,9 @@ class Hybrid(Generator):
             fake = torch.cat([x_rec, x_pri])  # (2B, 3, S, S)
             logits, _ = self.discriminator(torch.cat([x, fake.detach()]), c)  # x, x_rec, x_pri
             real_logit, fake_logit = logits[: len(x)], logits[len(x) :]
-            loss_d = bce(real_logit, cfg.real_label) + bce(fake_logit, cfg.fake_label)
-        out = {
-            "loss_d": step("d", loss_d),
-            "d_real": float(torch.sigmoid(real_logit.detach().float()).mean()),
-            "d_fake": float(torch.sigmoid(fake_logit.detach().float()).mean()),
-        }
+            loss_d = adversarial_losses(real_logit, fake_logit, cfg)[0]
+        out = {"loss_d": step("d", loss_d)}
+        out.update(d_real=float(p_real(real_logit)), d_fake=float(p_real(fake_logit)))
         with step.autocast():
             terms = self.generator_loss(x, c, x_rec, fake, mu, logvar, z_pri, e)
         out["loss_g"] = step("g", terms.pop("loss_g"))
