@@ -162,7 +162,8 @@ run = fit(
 # ## Losses
 # GAN losses do not fall to zero: $D$ and $G$ are opponents. Healthy training keeps
 # $D$'s loss away from zero (it is not winning outright) and $G$'s loss bounded; `game` is
-# their sum on held-out patients, near $3 \ln 2 \approx 2.1$ while neither side wins. Because
+# their sum on held-out patients, near $3 \ln 2 \approx 2.1$ while neither side wins (twice
+# that with `d_patch`: the patch verdicts add a second loss of the same kind). Because
 # no GAN loss falls as the images improve, the validation `loss` that picks the `best`
 # checkpoint is a weight-free tile-statistics error: colour means and spreads and texture
 # (mean gradient at two scales) of each generated tile against a real tile of the same

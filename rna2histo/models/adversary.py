@@ -117,13 +117,13 @@ class Discriminator(nn.Module):
     the projection term of Miyato & Koyama (2018), which scores how well x agrees with c directly.
     With concatenation alone D learnt the pairing slowly and G often ignored c.
 
-    ``patch`` = k > 0 adds a logit per position of block k's map, u^T f + (W e)^T f with the same
+    ``d_patch`` = k > 0 adds a logit per position of block k's map, u^T f + (W e)^T f with the same
     projection (PatchGAN, Isola et al. 2017): each judges only its receptive field (22 px for
     block 3 of 4x4 stride-2 convs), about one nucleus with its neighbours, so G is told where a
     tile looks wrong, not only that it does. The whole-tile verdict reads a flattened 4x4 map
     and said little about nuclei: demo samples had H&E colours and layout but no single nuclei.
 
-    ``spectral``: every linear and conv layer of D is spectrally normalised (Miyato et al. 2018,
+    ``d_spectral``: every linear and conv layer of D is spectrally normalised (Miyato et al. 2018,
     the companion of the projection term). Without a norm in D, the study's N(0, 0.02) init
     shrinks the signal ~7x per conv layer, and D could not tell checkerboard fakes from real
     tiles after 1,200 steps (measured: P(real) 0.53 on real, 0.46 on fake); spectral

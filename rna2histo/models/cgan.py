@@ -135,7 +135,8 @@ class CGAN(Generator):
         checkpoint) is `statistics_error`: colour, contrast and texture of each generated tile
         against a real tile of the same patient. L_D + L_G are reported too, as a health check:
         they stay near the equilibrium value (D's logits 0: 3 ln 2 ~ 2.08 with BCE's smoothed
-        labels, 2 with hinge) while neither side wins.
+        labels, 2 with hinge; twice that with ``d_patch``, whose verdicts add a second group)
+        while neither side wins.
         """
         x, c, _ = batch
         fixed = torch.Generator(device=c.device).manual_seed(0)
