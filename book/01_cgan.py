@@ -72,11 +72,14 @@
 # $G$ little about nuclei, 10-12 px across on the demo tiles. `loss = "hinge"` replaces the
 # smoothed BCE by $L_D = \mathbb{E}[\max(0, 1 - D(x, c))] + \mathbb{E}[\max(0, 1 + D(G(z, c), c))]$,
 # $L_G = -\mathbb{E}[D(G(z, c), c)]$ (Lim & Ye, 2017; Miyato et al., 2018). On the demo cohort,
-# `d_patch = 3` with batch 8 (twice the steps per epoch) brought the generated tiles' nuclei,
-# as the segmentation of chapter 05 finds them, from a mean area of 40 to 78 px$^2$ (the real
-# tiles': 82) and the statistics error from 0.064 to 0.055; either change alone did less. The
-# demo profile uses both; its comments have the measurements. The hinge loss, tried with a wider
-# $G$, drew a periodic grid and is not used there.
+# `d_patch = 3` with batch 8 (twice the steps per epoch) made the nuclei that chapter 05's
+# segmentation finds in the generated tiles larger, closer to the real tiles' mean area of
+# 82 px$^2$: 78 and 55 px$^2$ in two runs of the demo profile (one and two CPU threads, which
+# change the order of the arithmetic; one run without both: 40), with the statistics error at
+# 0.055 and 0.058 (without: 0.064). The spread between the two runs is as large as the effect of
+# either change alone, so read these as one seed's measurements. The demo profile uses both; its
+# comments have the measurements. The hinge loss, tried with a wider $G$, drew a periodic grid
+# and is not used there.
 
 # %% tags=["parameters"]
 cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default if missing
