@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
-from ..nets.conv import DownStack, check_size
+from ..nets.conv import DownStack
 from ..nets.rna import RNAEncoder
 from .base import ModelConfig, init_weights
 
@@ -142,8 +142,7 @@ class Discriminator(nn.Module):
         self.logit = nn.Linear(hidden, 1)
         self.project = nn.Linear(e_dim, hidden, bias=False)
         self.patch = cfg.d_patch
-        if self.patch:
-            check_size(cfg.image_size, self.patch)
+        if self.patch:  # its map's size: the trunk's check covers every block up to the last
             width = cfg.d_channels[self.patch - 1]
             self.patch_logit = nn.Conv2d(width, 1, 1)
             self.patch_project = nn.Linear(e_dim, width, bias=False)
