@@ -60,14 +60,12 @@ def bce(logits: torch.Tensor, label: float) -> torch.Tensor:
 def _game(real_logit, fake_logit, cfg) -> tuple[torch.Tensor | None, torch.Tensor]:
     """(L_D, L_G) on one group of logits (any shape); L_D is None without real logits."""
     fake_logit = fake_logit.float()  # the losses in fp32 under autocast
-    if cfg.loss == "hinge":
-        loss_g = -fake_logit.mean()
-        if real_logit is None:
-            return None, loss_g
-        return F.relu(1 - real_logit.float()).mean() + F.relu(1 + fake_logit).mean(), loss_g
-    loss_g = bce(fake_logit, cfg.real_label)
+    hinge = cfg.loss == "hinge"
+    loss_g = -fake_logit.mean() if hinge else bce(fake_logit, cfg.real_label)
     if real_logit is None:
         return None, loss_g
+    if hinge:
+        return F.relu(1 - real_logit.float()).mean() + F.relu(1 + fake_logit).mean(), loss_g
     return bce(real_logit, cfg.real_label) + bce(fake_logit, cfg.fake_label), loss_g
 
 
