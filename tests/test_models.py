@@ -14,7 +14,7 @@ from rna2histo.models.adversary import adversarial_losses
 from rna2histo.models.cgan import CGAN
 from rna2histo.models.cvae import CVAE
 from rna2histo.models.hybrid import Hybrid, resolve_perceptual
-from rna2histo.nets.conv import UpBlock
+from rna2histo.nets.conv import UpBlock, UpDecoder
 from rna2histo.train import Step
 from rna2histo.weights import lpips_weights_path
 
@@ -116,6 +116,48 @@ def test_condition_enters_after_batchnorm():
     assert (block(h, one) - block(h, other)).abs().mean() > 0.05
     before = [block.norm(block.film(block.conv(h), cond)) for cond in (one, other)]
     assert torch.allclose(*before, atol=1e-3)  # the order this block avoids
+
+
+def test_cgan_ema_lags_g_and_draws_the_samples():
+    model = build(CGAN, ema_decay=0.9)
+    model.initialise()  # the loop calls it once on a fresh model: the EMA starts as G's copy
+    x, c, _ = tiles(4)
+    step = Step(model.configure_optimizers(1), CPU)
+    for _ in range(3):
+        model.train().training_step((x, c, None), step)
+        model.on_step_end()
+    online, ema = model.generator.state_dict(), model.generator_ema.state_dict()
+    moved = [k for k in online if online[k].is_floating_point() and not torch.equal(online[k], ema[k])]
+    assert moved and int(model.ema_updates) == 3
+    assert all(torch.equal(online[k], ema[k]) for k in online if "running" in k)  # copied buffers
+    ref = model.eval().sample(c, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model.generator.decoder.out.weight.add_(1.0)  # G's weights do not reach sampling ...
+        assert torch.equal(ref, model.sample(c, torch.Generator().manual_seed(0)))
+        model.generator_ema.decoder.out.weight.add_(1.0)  # ... its average's do
+    assert not torch.allclose(ref, model.sample(c, torch.Generator().manual_seed(0)), atol=1e-3)
+    assert "generator_ema.decoder.project.weight" in model.state_dict()  # saved with the run
+    assert "generator_ema.decoder.project.weight" not in build(CGAN).state_dict()  # off: as before
+
+
+def reach(depth: int) -> int:
+    """How far (in output pixels) a change to the first map's corner cell spreads in a 64 px tile."""
+    torch.manual_seed(0)
+    decoder = UpDecoder(64, 4, 4, (8, 8, 8, 8), norm="none", upsample="resize", depth=depth)
+    s = torch.randn(1, 4), torch.randn(1, 4)
+    base = decoder(*s)
+    bump = decoder.film0.register_forward_hook(lambda m, i, h: h + F.pad(torch.ones(1, 8, 1, 1), (0, 3, 0, 3)))
+    changed = (decoder(*s) - base).abs().amax(dim=(0, 1)) > 0  # (64, 64)
+    bump.remove()
+    return int(changed.any(dim=0).nonzero().max()) + 1
+
+
+def test_decoder_depth_lets_first_map_cells_mix():
+    """One conv per size (the study's) leaves each 16 px cell of a 64 px tile nearly on its own."""
+    assert reach(1) == 16 + 8 + 4 + 2 + 1  # each size's 3x3 conv reaches one pixel further
+    assert reach(2) == 32 + 16 + 8 + 4 + 1  # and a 3x3 refine conv per size, from 4x4 (16 px)
+    with pytest.raises(UserError, match="decoder depth 0 must be at least 1"):
+        UpDecoder(64, 4, 4, (8, 8, 8, 8), depth=0)
 
 
 @pytest.mark.parametrize("model_cls", [CVAE, Hybrid], ids=lambda m: m.name)

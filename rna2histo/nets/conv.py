@@ -116,17 +116,41 @@ def up(c_in: int, c_out: int, kind: str = "transposed", bias: bool = True) -> nn
     raise UserError(f"unknown upsample {kind!r}; expected one of {', '.join(UPSAMPLE)}")
 
 
-class UpBlock(nn.Module):
-    """`up` (x2) + norm + FiLM(s) + LeakyReLU: (B, C, H, W) -> (B, C', 2H, 2W)."""
+class ConvFiLM(nn.Module):
+    """`conv` + norm + FiLM(s) + LeakyReLU: the condition after the norm, at one resolution."""
 
-    def __init__(self, c_in: int, c_out: int, cond_dim: int, norm="batch", upsample="transposed"):
+    def __init__(self, conv: nn.Module, c_out: int, cond_dim: int, norm="batch"):
         super().__init__()
-        self.conv = up(c_in, c_out, upsample, bias=norm == "none")
+        self.conv = conv
         self.norm = norm2d(norm, c_out, affine=False)
         self.film = FiLM(cond_dim, c_out)
 
     def forward(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         return F.leaky_relu(self.film(self.norm(self.conv(h)), s), SLOPE)
+
+
+def refine(channels: int, cond_dim: int, norm="batch") -> ConvFiLM:
+    """A 3x3 conv keeping size and width: (B, C, H, W) -> (B, C, H, W)."""
+    conv = nn.Conv2d(channels, channels, 3, padding=1, bias=norm == "none")
+    return ConvFiLM(conv, channels, cond_dim, norm)
+
+
+class UpBlock(ConvFiLM):
+    """`up` (x2) + norm + FiLM(s) + LeakyReLU, then ``depth - 1`` `refine` convs at the new size.
+
+    (B, C, H, W) -> (B, C', 2H, 2W). ``depth = 1`` is the study's (one conv per resolution).
+    """
+
+    def __init__(self, c_in: int, c_out: int, cond_dim: int, norm="batch", upsample="transposed",
+                 depth: int = 1):
+        super().__init__(up(c_in, c_out, upsample, bias=norm == "none"), c_out, cond_dim, norm)
+        self.refine = nn.ModuleList(refine(c_out, cond_dim, norm) for _ in range(depth - 1))
+
+    def forward(self, h: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        h = super().forward(h, s)
+        for layer in self.refine:
+            h = layer(h, s)
+        return h
 
 
 class UpDecoder(nn.Module):
@@ -135,24 +159,35 @@ class UpDecoder(nn.Module):
     With ``channels = (C_0, ..., C_{n-1})`` the n up-sampling layers (`up`, of kind `upsample`)
     map C_0 -> ... -> C_{n-1} -> 3, the last one followed by Tanh. s reaches every resolution through FiLM: these are the
     generator's skip connections from the condition, so the RNA cannot fade with depth.
+
+    ``depth`` convs per resolution below the last: with 1 (the study's) the projection's cells
+    (4x4 at 64 px, each drawn by its own rows of the linear layer, blind to its neighbours) are
+    only ever mixed by the up-sampling convs, whose reach grows one pixel per size, and their
+    borders stay visible as a grid of S/4-pixel blocks. Each extra 3x3 conv at a size, starting
+    with the projection's own, lets neighbouring cells agree before they are enlarged.
     """
 
     def __init__(self, image_size: int, z_dim: int, e_dim: int, channels: tuple, norm="batch",
-                 upsample="transposed"):
+                 upsample="transposed", depth: int = 1):
         super().__init__()
+        if depth < 1:
+            raise UserError(f"decoder depth {depth} must be at least 1 (convs per resolution)")
         cond = z_dim + e_dim
         self.side = check_size(image_size, len(channels))
         self.project = nn.Linear(cond, channels[0] * self.side**2)
         self.norm0 = norm2d(norm, channels[0], affine=False)
         self.film0 = FiLM(cond, channels[0])
+        self.refine0 = nn.ModuleList(refine(channels[0], cond, norm) for _ in range(depth - 1))
         pairs = zip(channels[:-1], channels[1:])
-        self.blocks = nn.ModuleList(UpBlock(a, b, cond, norm, upsample) for a, b in pairs)
+        self.blocks = nn.ModuleList(UpBlock(a, b, cond, norm, upsample, depth) for a, b in pairs)
         self.out = up(channels[-1], 3, upsample)
 
     def forward(self, z: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         s = torch.cat([z, e], dim=1)  # (B, z_dim + e_dim)
         h = self.project(s).view(s.shape[0], -1, self.side, self.side)  # (B, C_0, S/2^n, S/2^n)
         h = F.leaky_relu(self.film0(self.norm0(h), s), SLOPE)
+        for layer in self.refine0:
+            h = layer(h, s)
         for block in self.blocks:
             h = block(h, s)
         return torch.tanh(self.out(h))
