@@ -118,28 +118,6 @@ def test_condition_enters_after_batchnorm():
     assert torch.allclose(*before, atol=1e-3)  # the order this block avoids
 
 
-def test_cgan_ema_lags_g_and_draws_the_samples():
-    model = build(CGAN, ema_decay=0.9)
-    model.initialise()  # the loop calls it once on a fresh model: the EMA starts as G's copy
-    x, c, _ = tiles(4)
-    step = Step(model.configure_optimizers(1), CPU)
-    for _ in range(3):
-        model.train().training_step((x, c, None), step)
-        model.on_step_end()
-    online, ema = model.generator.state_dict(), model.generator_ema.state_dict()
-    moved = [k for k in online if online[k].is_floating_point() and not torch.equal(online[k], ema[k])]
-    assert moved and int(model.ema_updates) == 3
-    assert all(torch.equal(online[k], ema[k]) for k in online if "running" in k)  # copied buffers
-    ref = model.eval().sample(c, torch.Generator().manual_seed(0))
-    with torch.no_grad():
-        model.generator.decoder.out.weight.add_(1.0)  # G's weights do not reach sampling ...
-        assert torch.equal(ref, model.sample(c, torch.Generator().manual_seed(0)))
-        model.generator_ema.decoder.out.weight.add_(1.0)  # ... its average's do
-    assert not torch.allclose(ref, model.sample(c, torch.Generator().manual_seed(0)), atol=1e-3)
-    assert "generator_ema.decoder.project.weight" in model.state_dict()  # saved with the run
-    assert "generator_ema.decoder.project.weight" not in build(CGAN).state_dict()  # off: as before
-
-
 def reach(depth: int) -> int:
     """How far (in output pixels) a change to the first map's corner cell spreads in a 64 px tile."""
     torch.manual_seed(0)

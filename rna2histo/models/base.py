@@ -105,21 +105,6 @@ class Generator(nn.Module):
         """Called after every training step (the diffusion model updates its EMA here)."""
 
 
-@torch.no_grad()
-def ema_update(ema: nn.Module, net: nn.Module, decay: float, updates: int) -> None:
-    """theta_ema <- d theta_ema + (1 - d) theta, warm-up d_n = min(decay, (1 + n) / (10 + n)).
-
-    The warm-up lets the average follow the fast early changes, so even a short run has a useful
-    average; after ~1,000 updates d_n reaches 0.99 and `decay` takes over. Buffers (BatchNorm's
-    running statistics) are copied: they describe the online weights' activations.
-    """
-    d = min(decay, (1 + updates) / (10 + updates))
-    for e, p in zip(ema.parameters(), net.parameters(), strict=True):
-        e.lerp_(p.detach(), 1 - d)
-    for e, b in zip(ema.buffers(), net.buffers(), strict=True):
-        e.copy_(b)
-
-
 def init_weights(module: nn.Module) -> None:
     """The study's initialisation: conv weights ~ N(0, 0.02), norm layers ~ N(1, 0.02), biases 0."""
     if parametrize.is_parametrized(module):

@@ -15,7 +15,6 @@ and patch logits in D (``d_patch``); the last three in `adversary`, shared with 
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import ClassVar
 
@@ -26,7 +25,7 @@ from ..nets.conv import UpDecoder, gaussian
 from ..nets.diffaugment import diff_augment, parse_policy
 from ..nets.rna import RNAEncoder
 from .adversary import AdversaryConfig, Discriminator, adversarial_losses, mode_seeking, p_real
-from .base import Generator, adam, count_parameters, ema_update, init_weights, statistics_error
+from .base import Generator, adam, count_parameters, init_weights, statistics_error
 
 
 @dataclass
@@ -37,7 +36,6 @@ class CGANConfig(AdversaryConfig):
     g_depth: int = 1  # convs per resolution in G (the study: 1; more mix its first map's cells)
     norm: str = "batch"  # generator norm (the study: BatchNorm; FiLM keeps c alive after it)
     d_augment: str = "none"  # DiffAugment of what D sees: "translation,cutout" (nets.diffaugment)
-    ema_decay: float = 0.0  # > 0: sample and validate with an EMA of G's weights (the study: 0)
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "small": {},  # the defaults above: ~1-2M parameters, fast on a CPU at 32-64 px
@@ -83,34 +81,6 @@ class CGAN(Generator):
         self.discriminator = Discriminator(cfg)
         self.apply(init_weights)
         self.d_augment = parse_policy(cfg.d_augment)
-        self.generator_ema = None
-        if cfg.ema_decay:
-            self.generator_ema = copy.deepcopy(self.generator).requires_grad_(False)
-            self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-
-    def initialise(self) -> None:
-        """The study's initialisation; the EMA of G restarts as G's copy."""
-        super().initialise()
-        if self.generator_ema is not None:
-            self.generator_ema.load_state_dict(self.generator.state_dict())
-            self.ema_updates.zero_()
-
-    @property
-    def drawer(self) -> CGANGenerator:
-        """The generator that samples and is validated: G's EMA if there is one, else G."""
-        return self.generator if self.generator_ema is None else self.generator_ema
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.generator_ema is not None:
-            self.generator_ema.eval()  # BatchNorm with the running statistics it copies from G
-        return self
-
-    def on_step_end(self) -> None:
-        """With ``ema_decay``: one `ema_update` of G's average after every training step."""
-        if self.generator_ema is not None:
-            ema_update(self.generator_ema, self.generator, self.cfg.ema_decay, int(self.ema_updates))
-            self.ema_updates += 1
 
     def parameter_counts(self) -> dict[str, int]:
         return {
@@ -172,11 +142,11 @@ class CGAN(Generator):
         """
         x, c, _ = batch
         fixed = torch.Generator(device=c.device).manual_seed(0)
-        fake = self.drawer(gaussian((x.shape[0], self.cfg.z_dim), fixed, c.device), c)
+        fake = self.generator(gaussian((x.shape[0], self.cfg.z_dim), fixed, c.device), c)
         d = {k: float(v) for k, v in self.losses(x, fake, c).items()}
         return {"loss": float(statistics_error(fake, x)), "game": d["loss_d"] + d["loss_g"], **d}
 
     @torch.no_grad()
     def sample(self, c: torch.Tensor, generator: torch.Generator | None = None, **kw):
         z = gaussian((c.shape[0], self.cfg.z_dim), generator, c.device)  # z ~ N(0, I), (B, z_dim)
-        return self.drawer(z, c)
+        return self.generator(z, c)

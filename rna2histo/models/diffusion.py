@@ -29,7 +29,7 @@ from torch import nn
 from ..errors import UserError
 from ..nets.rna import RNAEncoder
 from ..nets.unet import UNet
-from .base import Generator, ModelConfig, adam, count_parameters, ema_update, init_weights
+from .base import Generator, ModelConfig, adam, count_parameters, init_weights
 
 
 @dataclass
@@ -198,9 +198,17 @@ class Diffusion(Generator):
             loss = self.denoising_loss(self.net, x, c, t, noise, drop)
         return {"loss": step("main", loss)}
 
+    @torch.no_grad()
     def on_step_end(self) -> None:
-        """One `ema_update` of the EMA copy (warm-up included) after every optimiser step."""
-        ema_update(self.ema, self.net, self.cfg.ema_decay, int(self.ema_updates))
+        """EMA: theta_ema <- d theta_ema + (1 - d) theta, warm-up d_n = min(d, (1 + n) / (10 + n)).
+
+        The warm-up lets the average follow the fast early changes, so even a short run has a
+        useful EMA; after ~1,000 updates d_n reaches 0.99 and the configured decay takes over.
+        """
+        n = int(self.ema_updates)
+        d = min(self.cfg.ema_decay, (1 + n) / (10 + n))
+        for e, p in zip(self.ema.parameters(), self.net.parameters(), strict=True):
+            e.lerp_(p.detach(), 1 - d)
         self.ema_updates += 1
 
     @torch.no_grad()
