@@ -345,8 +345,9 @@ def _fit(params: dict, options: dict, world: World) -> Path:
     if params["progress"] and world.main:
         best = min(trainer.history, key=lambda r: r["val_loss"])
         on = params["device_used"] + (f" x {world.size} processes" if world.size > 1 else "")
-        print(f"{params['model']}: {params['epochs']} epochs on {on}; best val_loss {best['val_loss']:.4f} "
-              f"at epoch {best['epoch']}; run in {trainer.run_dir}")
+        kept = "" if trainer.model.best_by_validation else " (best checkpoint: the last epoch)"
+        print(f"{params['model']}: {params['epochs']} epochs on {on}; lowest val_loss {best['val_loss']:.4f} "
+              f"at epoch {best['epoch']}{kept}; run in {trainer.run_dir}")
     return trainer.run_dir
 
 
@@ -458,7 +459,7 @@ def _run_epoch(trainer: Trainer, fixed_patients: list[int]) -> None:
     row["peak_memory_gb"] = round(peak_memory_gb(trainer.device), 3)
     for name, (opt, _) in trainer.optimizers.items():
         row[f"lr_{name}"] = opt.param_groups[0]["lr"]
-    is_best = row["val_loss"] < trainer.best_val
+    is_best = row["val_loss"] < trainer.best_val or not trainer.model.best_by_validation
     trainer.best_val = min(trainer.best_val, row["val_loss"])
     trainer.history.append(row)
     write_metrics(trainer.run_dir / "metrics.csv", trainer.history)

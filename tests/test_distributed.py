@@ -191,7 +191,7 @@ def test_a_run_written_by_two_processes_loads_in_one(two_processes, capsys):
     assert files == ["checkpoints/best.pt", "checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt",
                      "checkpoints/last.pt", "metrics.csv", "params.json", "samples/epoch_001.png",
                      "samples/epoch_002.png"]
-    assert log.count("cgan: 2 epochs on cpu x 2 processes; best val_loss") == 2  # this run, "resumed"
+    assert log.count("cgan: 2 epochs on cpu x 2 processes; lowest val_loss") == 2  # this run, "resumed"
     assert log.count(f"run in {run}\n") == 1  # printed by process 0 alone
     # resuming on one process would change a step's batch: refused, the run left as it was
     assert main(["train", "cgan", "-f", str(out / "cgan.yaml"), "--run-dir", str(run), "--resume"]) == 2

@@ -82,6 +82,20 @@ def test_resume_equals_an_uninterrupted_run(cohort_dir, tmp_path, monkeypatch, m
     assert list(pd.read_csv(resumed / "metrics.csv").epoch) == [1, 2, 3]
 
 
+def test_best_is_the_latest_epoch_where_validation_loss_does_not_track_quality(cohort_dir, tmp_path,
+                                                                             monkeypatch):
+    from rna2histo.models.cgan import CGAN
+
+    losses = iter(range(100))  # a validation loss that rises every batch and epoch
+    monkeypatch.setattr(CGAN, "validation_step", lambda self, batch: {"loss": float(next(losses))})
+    fast = {**FAST, "model": "cgan"}
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "last", epochs=3, **fast)
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 3
+    monkeypatch.setattr(CGAN, "best_by_validation", True)  # as the other three models
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "lowest", epochs=3, **fast)
+    assert load_checkpoint(run / "checkpoints" / "best.pt")["epoch"] == 1
+
+
 def test_resume_refuses_another_model_config_or_schedule(cohort_dir, tmp_path):
     fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=1, **FAST)
     with pytest.raises(UserError, match=r"cannot resume: .* different model config \(z_dim: \d+ -> 7\)"):

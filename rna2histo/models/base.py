@@ -12,7 +12,7 @@ A generator is an `nn.Module` that
   computing its losses under ``step.autocast()`` and handing each to ``step(name, loss)``,
   which backpropagates, clips, steps and zeroes that optimiser (and refuses non-finite losses);
 - scores a validation batch: ``validation_step(batch) -> {metric: float}`` with a ``"loss"``
-  entry (the loop keeps the ``best`` checkpoint by it);
+  entry (the loop keeps the ``best`` checkpoint by it, unless ``best_by_validation`` is False);
 - generates: ``sample(c, generator) -> x`` in [-1, 1], (B, 3, S, S), all randomness drawn from
   `generator` so that a fixed generator gives fixed noise.
 
@@ -77,6 +77,9 @@ class Generator(nn.Module):
 
     name: ClassVar[str]
     Config: ClassVar[type[ModelConfig]]
+    # Whether the validation ``loss`` tracks the samples' quality. If not (the cGAN's), the loop's
+    # ``best`` checkpoint is the latest epoch instead of the one of lowest loss.
+    best_by_validation: ClassVar[bool] = True
 
     def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
         raise NotImplementedError
