@@ -48,7 +48,6 @@ class HybridConfig(AdversaryConfig):
     enc_channels: tuple[int, ...] = (32, 64, 128, 128)
     dec_channels: tuple[int, ...] = (128, 64, 32, 16)
     upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
-    dec_depth: int = 1  # convs per resolution in the decoder (the study: 1; nets.conv.UpDecoder)
     norm: str = "batch"
     w_adv: float = 1.0
     w_recon: float = 10.0
@@ -110,8 +109,7 @@ class Hybrid(Generator):
         self.rna = RNAEncoder(cfg.n_genes, cfg.rna_widths)
         e_dim = self.rna.out_features
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, e_dim, cfg.enc_channels, cfg.norm)
-        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample,
-                                 cfg.dec_depth)
+        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample)
         self.discriminator = Discriminator(cfg)
         self.apply(init_weights)
         self.perceptual_mode = resolve_perceptual(cfg.perceptual)  # "lpips", "lpips-random", "none"
