@@ -69,8 +69,8 @@ class CGAN(Generator):
 
     name = "cgan"
     Config = CGANConfig
-    # Its statistics error does not see nuclei: in a 120-epoch demo run it was lowest at epoch 27
-    # (blotches) and ~0.006 higher at epochs 80-120 (nuclei); `best` is therefore the last epoch.
+    # Its statistics error does not see nuclei: in a 120-epoch demo run (g_depth 2) it was lowest at
+    # epoch 27 (blotches) and ~0.006 higher at epochs 80-120 (nuclei); `best` is therefore the last epoch.
     best_by_validation = False
     STUDY_PARAMETERS: ClassVar[dict[str, int]] = {
         "generator": 49_242_339,
