@@ -70,7 +70,7 @@ class CGAN(Generator):
     name = "cgan"
     Config = CGANConfig
     # Its statistics error does not see nuclei: in a 120-epoch demo run (g_depth 2) it was lowest at
-    # epoch 27 (blotches) and ~0.006 higher at epochs 80-120 (nuclei); `best` is therefore the last epoch.
+    # epoch 27 (0.055, blotches), 0.059-0.068 at epochs 80-120 (nuclei); `best` is the last epoch.
     best_by_validation = False
     STUDY_PARAMETERS: ClassVar[dict[str, int]] = {
         "generator": 49_242_339,

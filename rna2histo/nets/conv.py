@@ -162,9 +162,10 @@ class UpDecoder(nn.Module):
 
     ``depth`` convs per resolution below the last: with 1 (the study's) the projection's cells
     (4x4 at 64 px, each drawn by its own rows of the linear layer, blind to its neighbours) are
-    only ever mixed by the up-sampling convs, whose reach grows one pixel per size, and their
-    borders stay visible as a grid of S/4-pixel blocks. Each extra 3x3 conv at a size, starting
-    with the projection's own, lets neighbouring cells agree before they are enlarged.
+    only ever mixed by the up-sampling convs, whose reach grows one pixel per size (the demo
+    cGAN's tiles showed their borders as a grid of S/4-pixel blocks after 40 epochs). Each extra
+    3x3 conv at a size, starting with the projection's own, lets neighbouring cells agree before
+    they are enlarged.
     """
 
     def __init__(self, image_size: int, z_dim: int, e_dim: int, channels: tuple, norm="batch",
