@@ -138,6 +138,19 @@ def test_decoder_depth_lets_first_map_cells_mix():
         UpDecoder(64, 4, 4, (8, 8, 8, 8), depth=0)
 
 
+@pytest.mark.parametrize("model_cls", [CGAN, Hybrid], ids=lambda m: m.name)
+def test_both_gans_take_the_generator_depth(model_cls):
+    """`g_depth` is one adversary field: the hybrid's decoder deepens as the cGAN's generator does."""
+    def decoder(model):
+        return model.generator.decoder if model_cls is CGAN else model.decoder
+
+    shallow, deep = build(model_cls), build(model_cls, g_depth=2)
+    assert [len(decoder(m).refine0) for m in (shallow, deep)] == [0, 1]
+    assert all(len(block.refine) == 1 for block in decoder(deep).blocks)
+    x, c, _ = tiles(2)
+    assert deep.sample(c).shape == x.shape
+
+
 @pytest.mark.parametrize("model_cls", [CVAE, Hybrid], ids=lambda m: m.name)
 def test_vae_models_overfit_a_handful_of_tiles(model_cls):
     lr = {"lr": 1e-3} if model_cls is CVAE else {"lr_g": 1e-3, "lr_d": 1e-3}  # a few dozen steps

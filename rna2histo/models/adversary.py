@@ -41,6 +41,7 @@ class AdversaryConfig(ModelConfig):
     lr_d: float = 2e-4
     betas: tuple[float, float] = (0.5, 0.999)
     w_diverse: float = 0.0  # mode-seeking term (Mao et al. 2019); 0 = the study's loss
+    g_depth: int = 1  # convs per resolution in G (the study: 1; more mix its first map's cells)
 
     def check_adversary(self) -> None:
         """One-line errors for a loss or patch block that does not exist."""

@@ -33,7 +33,6 @@ class CGANConfig(AdversaryConfig):
     z_dim: int = 64
     g_channels: tuple[int, ...] = (128, 64, 32, 16)  # 4 up-sampling layers: C_0 -> ... -> 3
     upsample: str = "transposed"  # the study's; "resize" draws no checkerboard (nets.conv.up)
-    g_depth: int = 1  # convs per resolution in G (the study: 1; more mix its first map's cells)
     norm: str = "batch"  # generator norm (the study: BatchNorm; FiLM keeps c alive after it)
     d_augment: str = "none"  # DiffAugment of what D sees: "translation,cutout" (nets.diffaugment)
 

@@ -109,7 +109,8 @@ class Hybrid(Generator):
         self.rna = RNAEncoder(cfg.n_genes, cfg.rna_widths)
         e_dim = self.rna.out_features
         self.encoder = Encoder(cfg.image_size, cfg.z_dim, e_dim, cfg.enc_channels, cfg.norm)
-        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample)
+        self.decoder = UpDecoder(cfg.image_size, cfg.z_dim, e_dim, cfg.dec_channels, cfg.norm, cfg.upsample,
+                                 cfg.g_depth)
         self.discriminator = Discriminator(cfg)
         self.apply(init_weights)
         self.perceptual_mode = resolve_perceptual(cfg.perceptual)  # "lpips", "lpips-random", "none"
