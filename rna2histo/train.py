@@ -41,7 +41,14 @@ from .latent import Latent, fit_latent, reconstruction_report
 from .models import Generator, build_model
 from .paths import RUNS, atomic_write, resolve
 from .rna import Normaliser, fit_on_training
-from .runs import load_checkpoint, read_metrics, save_checkpoint, trained_run, write_json, write_metrics
+from .runs import (
+    load_checkpoint,
+    read_metrics,
+    save_checkpoint,
+    trained_run,
+    write_json,
+    write_metrics,
+)
 
 CLIP_NORM = 1.0  # the study's gradient-norm clipping
 

@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from rna2histo.augment import _YIQ, LUMA, StudyAugment, _hue_rotation, augmentation, colour_jitter, geometry
+from rna2histo.augment import (
+    _YIQ,
+    LUMA,
+    StudyAugment,
+    _hue_rotation,
+    augmentation,
+    colour_jitter,
+    geometry,
+)
 from rna2histo.errors import UserError
 
 

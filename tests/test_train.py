@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
+from rna2histo.errors import UserError
 from rna2histo.generate import generate, load_run
 from rna2histo.models import model_class
-from rna2histo.runs import load_checkpoint
-from rna2histo.errors import UserError
 from rna2histo.models.base import adam
+from rna2histo.runs import load_checkpoint
 from rna2histo.train import NonFiniteLoss, Step, Trainer, fit
 
 from .conftest import write_tiny_cohort

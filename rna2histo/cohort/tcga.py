@@ -32,9 +32,9 @@ from tqdm import tqdm  # plain: tqdm.auto warns in a notebook without ipywidgets
 from ..errors import UserError
 from ..paths import atomic_write, resolve
 from . import gdc, xena
-from .http import safe_name
 from .folder import TILE_COLUMNS
 from .format import CohortWriter, check_output
+from .http import safe_name
 from .rna_table import clean_rna, counted
 from .split import split_patients
 

@@ -24,14 +24,13 @@ import pandas as pd
 
 from ..errors import UserError
 from ..generate import generate, load_run
+from ..markers import MARKERS
 from ..morphology import morphometrics_table
 from ..paths import resolve
-from ..markers import MARKERS
 from ..rna import fit_on_training, program_scores
 from . import faithfulness as fa
 from . import image_metrics as im
 from .stats import mean_ci, set_distance_ci, summary, unavailable
-
 
 
 @dataclass

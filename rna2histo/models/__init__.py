@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from importlib import import_module
+from typing import TYPE_CHECKING
 
 from ..errors import UserError
 from .base import Generator, ModelConfig, count_parameters, init_weights
+
+if TYPE_CHECKING:  # pandas is imported where the table is built, not on every model import
+    import pandas as pd
 
 # name -> (module, class); chapters are book/01_cgan, 02_cvae, 03_diffusion, 04_hybrid
 MODELS = {
@@ -35,7 +39,7 @@ STUDY_GENES = 16_383  # genes the reference study kept after cleaning
 STUDY_IMAGE_SIZE = 128
 
 
-def architecture_table(name: str, n_genes: int, image_size: int) -> "pd.DataFrame":
+def architecture_table(name: str, n_genes: int, image_size: int) -> pd.DataFrame:
     """Parameter counts of both presets next to the study's (thesis at the study's 16,383 genes, 128 px).
 
     Models are built on the meta device: counting a 70M-parameter network allocates nothing.
