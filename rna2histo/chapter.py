@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 
 from . import plots
 from .book import ensure_cohort
 from .conditioning import conditioning_difference
-from .generate import LoadedRun, load_run, real_and_generated
+from .denoising import denoising_ladder
+from .generate import LoadedRun, load_run, patient_tiles, real_and_generated
 from .paths import resolve
 from .rna import fit_on_training
 
@@ -48,3 +50,18 @@ def conditioning(trained: LoadedRun, cohort, seed: int = 0, n_noise: int = 4, ma
         rows[name] = conditioning_difference(trained.model, c.to_numpy(), n_noise=n_noise, seed=seed,
                                              encode=trained.condition, **sample_kw)
     return pd.DataFrame.from_dict(rows, orient="index").round(4)
+
+
+def denoising(trained: LoadedRun, cohort, levels=(50, 150, 300, 600, 999), patients: int = 4,
+              per_patient: int = 2, seed: int = 0, **sample_kw):
+    """The diffusion model's denoising ladder (`rna2histo.denoising`) on `per_patient` tiles of
+    the first `patients` validation patients: a figure of the real tiles, each level's results
+    and the samples from pure noise, and the ladder's table."""
+    real = patient_tiles(cohort, cohort.patients("val")[:patients], per_patient)
+    ids = [p for p in real for _ in range(len(real[p]))]
+    tiles = np.concatenate(list(real.values()))
+    outputs, table = denoising_ladder(trained, tiles, cohort.rna.loc[ids], levels, seed=seed, **sample_kw)
+    rows = {"real": tiles}
+    for t, out in outputs.items():
+        rows["samples" if t == "sample" else f"from t = {t}"] = out
+    return plots.tile_rows(rows), table.round(3)

@@ -25,6 +25,20 @@ def tile_grid(cohort, patients, n_tiles: int = 6, labels: pd.DataFrame | None = 
     return fig
 
 
+def tile_rows(rows: dict[str, np.ndarray]):
+    """One row of tiles per entry, titled with its key; values uint8 (k, S, S, 3)."""
+    n = max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
+    for row, (label, tiles) in zip(axes, rows.items()):
+        for ax, tile in zip(row, list(tiles) + [None] * n):
+            ax.axis("off")
+            if tile is not None:
+                ax.imshow(tile)
+        row[0].set_title(label, fontsize=7, loc="left")
+    fig.tight_layout()
+    return fig
+
+
 def pca_by_program(z: pd.DataFrame, colours: pd.DataFrame):
     """Patients on the first two principal components of `z`, one panel per column of `colours`."""
     x = z.to_numpy() - z.to_numpy().mean(axis=0)

@@ -129,6 +129,22 @@ def test_samples_have_the_contract_shape_and_range(trained):
         trained.sample(torch.randn(1, GENES), gen(0), steps=0)
 
 
+def test_timesteps_are_evenly_spaced_down_to_zero(trained):
+    assert trained.timesteps(5, 99) == [99, 74, 50, 25, 0]
+    assert trained.timesteps(3) == [999, 500, 0]
+
+
+def test_denoise_starts_from_the_noised_tiles(trained):
+    x0, c = tiles(2, SIZE), torch.randn(2, GENES, generator=gen(6))
+    near = trained.denoise(x0, c, 0, gen(0), steps=10)  # x_0 = 0.99995 x_0 + 0.01 noise, one step
+    assert (near - x0).abs().mean() < 0.02
+    far = trained.denoise(x0, c, 999, gen(0), steps=10)
+    assert (far - x0).abs().mean() > 0.1
+    assert torch.equal(far, trained.denoise(x0, c, 999, gen(0), steps=10))
+    with pytest.raises(UserError, match="t_start must be between 0 and 999, not 1000"):
+        trained.denoise(x0, c, 1000, gen(0))
+
+
 def test_guidance_scale_one_is_plain_conditional(trained):
     c = torch.randn(2, GENES, generator=gen(3))
     plain = trained.sample(c, gen(0), steps=4, guidance=1.0)  # one conditional pass per step

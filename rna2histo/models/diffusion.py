@@ -250,6 +250,25 @@ class Diffusion(Generator):
             x = x + sigma * self._randn(x.shape, generator)
         return x
 
+    def timesteps(self, steps: int, start: int | None = None) -> list[int]:
+        """DDIM's evenly spaced timesteps from ``start`` (default T - 1) down to 0."""
+        start = self.cfg.timesteps - 1 if start is None else start
+        return torch.linspace(start, 0, steps).round().long().tolist()
+
+    def _ddim(self, x, e, ts: list[int], guidance: float, eta: float, generator):
+        """x_{ts[0]} -> x_0 through ``ts``, then the final jump to x_0 (alpha_bar = 1)."""
+        for t, t_prev in zip(ts, [*ts[1:], -1], strict=True):
+            eps = self.guided_eps(self.ema, x, t, e, guidance)
+            x = self.ddim_step(x, eps, t, t_prev, eta, generator)
+        return x.clamp(-1, 1)
+
+    def _sampling_options(self, steps, guidance, eta):
+        cfg = self.cfg
+        steps = cfg.sample_steps if steps is None else steps
+        if not 1 <= steps <= cfg.timesteps:
+            raise UserError(f"DDIM steps must be between 1 and {cfg.timesteps}, not {steps}")
+        return steps, cfg.guidance if guidance is None else guidance, cfg.eta if eta is None else eta
+
     @torch.no_grad()
     def sample(self, c, generator=None, steps=None, guidance=None, eta=None) -> torch.Tensor:
         """DDIM from x_T ~ N(0, I) with the EMA weights: (B, G) -> (B, 3, S, S) in [-1, 1].
@@ -257,17 +276,27 @@ class Diffusion(Generator):
         ``steps``, ``guidance`` and ``eta`` default to the config; all noise comes from
         ``generator``, so with eta = 0 a fixed generator gives a fixed image per condition.
         """
-        cfg = self.cfg
-        steps = cfg.sample_steps if steps is None else steps
-        guidance = cfg.guidance if guidance is None else guidance
-        eta = cfg.eta if eta is None else eta
-        if not 1 <= steps <= cfg.timesteps:
-            raise UserError(f"DDIM steps must be between 1 and {cfg.timesteps}, not {steps}")
-        # Evenly spaced timesteps T-1 ... 0, then the final jump to x_0 (alpha_bar = 1).
-        ts = torch.linspace(cfg.timesteps - 1, 0, steps).round().long().tolist()
+        steps, guidance, eta = self._sampling_options(steps, guidance, eta)
         e = self.ema.embed(c)  # (B, D)
-        x = self._randn((len(c), 3, cfg.image_size, cfg.image_size), generator)  # x_T
-        for t, t_prev in zip(ts, [*ts[1:], -1], strict=True):
-            eps = self.guided_eps(self.ema, x, t, e, guidance)
-            x = self.ddim_step(x, eps, t, t_prev, eta, generator)
-        return x.clamp(-1, 1)
+        size = self.cfg.image_size
+        x = self._randn((len(c), 3, size, size), generator)  # x_T
+        return self._ddim(x, e, self.timesteps(steps), guidance, eta, generator)
+
+    @torch.no_grad()
+    def denoise(self, x0, c, t_start: int, generator=None, steps=None, guidance=None, eta=None):
+        """Noise tiles to x_{t_start} ~ q(x_t | x_0) and sample back from there (as SDEdit,
+        Meng et al. 2022): (B, 3, S, S) in [-1, 1], (B, G) -> (B, 3, S, S) in [-1, 1].
+
+        A diagnostic: a denoiser that has learnt noise level t returns the tile from t_start = t,
+        so the smallest t_start whose result is no longer clean says where the model fails,
+        apart from the sampler. The sampler's spacing is kept: of its ``steps`` over T, the
+        share below t_start (at least one).
+        """
+        cfg = self.cfg
+        if not 0 <= t_start < cfg.timesteps:
+            raise UserError(f"t_start must be between 0 and {cfg.timesteps - 1}, not {t_start}")
+        steps, guidance, eta = self._sampling_options(steps, guidance, eta)
+        noise = self._randn(x0.shape, generator)
+        x = self.q_sample(x0, torch.full((len(x0),), t_start, device=x0.device), noise)
+        ts = self.timesteps(max(1, round(steps * (t_start + 1) / cfg.timesteps)), t_start)
+        return self._ddim(x, self.ema.embed(c), ts, guidance, eta, generator)

@@ -1,0 +1,79 @@
+"""Where a diffusion model's samples go wrong: real tiles denoised from growing noise levels.
+
+Grain in samples can come from the sampler (too few steps, their spacing) or from the
+denoiser (noise levels it has not learnt to remove). Noising real tiles to x_t and sampling
+back (`Diffusion.denoise`) separates the two: the sampler is the same, but the tile's own
+structure is given up to level t. Clean tiles back from every level put the fault in the
+sampler; grain from some level on puts it in the denoiser at that level.
+
+Grain and blur are measured as high-frequency energy, the mean absolute Laplacian, as a ratio
+to that of the real tiles (1 = as fine-grained as they are), separately for the grey level
+(luma) and for the colour left after removing it (chroma). Real H&E keeps its fine detail in
+luma (nucleus outlines, chromatin) and has smooth colour. Measured 2026-12-03 on the demo
+runs (32 tiles of 8 validation patients): a 10-epoch diffusion model's grain was colour speckle
+(chroma ratio 1.43, luma 0.95) and the cVAE's blur showed as luma 0.04.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .data import to_model_range, to_uint8
+from .generate import LoadedRun, generate
+
+LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights
+
+
+def _laplacian_energy(a: np.ndarray) -> float:
+    """Mean absolute 4-neighbour Laplacian of images (N, H, W) over their interior pixels."""
+    neighbours = a[:, :-2, 1:-1] + a[:, 2:, 1:-1] + a[:, 1:-1, :-2] + a[:, 1:-1, 2:]
+    return float(np.abs(4 * a[:, 1:-1, 1:-1] - neighbours).mean())
+
+
+def high_frequency(tiles: np.ndarray) -> dict[str, float]:
+    """Laplacian energy of uint8 tiles (N, S, S, 3): of their luma, and of their chroma (each
+    RGB channel minus the luma, averaged over the three), in grey levels."""
+    rgb = tiles.astype(np.float32)
+    luma = rgb @ LUMA  # (N, S, S)
+    chroma = rgb - luma[..., None]
+    return {"luma": _laplacian_energy(luma),
+            "chroma": float(np.mean([_laplacian_energy(chroma[..., k]) for k in range(3)]))}
+
+
+def high_frequency_ratios(tiles: np.ndarray, real: np.ndarray) -> dict[str, float]:
+    """`high_frequency` of `tiles` over that of `real`: {"luma_hf_ratio", "chroma_hf_ratio"}."""
+    ours, theirs = high_frequency(tiles), high_frequency(real)
+    return {f"{k}_hf_ratio": ours[k] / theirs[k] for k in ours}
+
+
+def denoising_ladder(
+    run: LoadedRun, tiles: np.ndarray, rna: pd.DataFrame, levels, seed: int = 0, **sample_kw
+) -> tuple[dict, pd.DataFrame]:
+    """`tiles` (uint8 (N, S, S, 3); row i of `rna` is tile i's patient) denoised from each
+    t in `levels`, and per level: the noise's scale against the signal's,
+    sqrt((1 - alpha_bar_t) / alpha_bar_t), the RMSE to the tiles (grey levels, 0-255) and the
+    high-frequency ratios to the tiles. The last entry, "sample", is the model's samples from pure noise for
+    the same patients (the same seed); its RMSE is left out: nothing ties a sample to a tile.
+    `sample_kw` go to the sampler (``steps``, ``guidance``, ``eta``).
+    """
+    model = run.model
+    z, _ = run.normaliser.transform(rna)
+    device = next(model.parameters()).device
+    c = torch.tensor(run.condition(z), device=device)
+    x0 = to_model_range(torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)).to(device)
+    outputs, rows = {}, []
+    for t in levels:
+        generator = torch.Generator(device).manual_seed(seed)
+        out = to_uint8(model.denoise(x0, c, int(t), generator=generator, **sample_kw))
+        ab = float(model.alpha_bar[int(t)])
+        rmse = float(np.sqrt(((out.astype(np.float32) - tiles.astype(np.float32)) ** 2).mean()))
+        outputs[int(t)] = out
+        rows.append({"t_start": str(int(t)), "noise_to_signal": np.sqrt((1 - ab) / ab), "rmse": rmse,
+                     **high_frequency_ratios(out, tiles)})
+    samples, _, _ = generate(run, rna, n=1, seed=seed, **sample_kw)
+    outputs["sample"] = samples
+    rows.append({"t_start": "sample", "noise_to_signal": np.nan, "rmse": np.nan,
+                 **high_frequency_ratios(samples, tiles)})
+    return outputs, pd.DataFrame(rows).set_index("t_start")
