@@ -91,10 +91,16 @@ evaluation = protocol.evaluate(
 evaluation.metrics["protocol"]
 
 # %% [markdown]
-# ## The study's metrics
+# ## The study's metrics, and fine detail
 # Each cell is the value and its 95% interval over test patients. SSIM: higher is more similar;
 # LPIPS, FID and KID: lower is closer. The `real` row is the ceiling a perfect generator would
 # reach on these patients.
+#
+# Beyond the study, which judged artefacts by eye: `luma_hf_ratio` and `chroma_hf_ratio`
+# (`rna2histo.evaluation.detail`) compare the high-frequency energy (mean absolute Laplacian)
+# of the generated tiles' grey level and colour with the real tiles'. 1 is as fine-grained as
+# the real tiles; below 1 is blur, and a chroma ratio above 1 is colour speckle, which real
+# H&E, with its smooth stains, does not have.
 
 # %% tags=["nbval-ignore-output"]
 report.results_table(evaluation.metrics)

@@ -6,12 +6,8 @@ back (`Diffusion.denoise`) separates the two: the sampler is the same, but the t
 structure is given up to level t. Clean tiles back from every level put the fault in the
 sampler; grain from some level on puts it in the denoiser at that level.
 
-Grain and blur are measured as high-frequency energy, the mean absolute Laplacian, as a ratio
-to that of the real tiles (1 = as fine-grained as they are), separately for the grey level
-(luma) and for the colour left after removing it (chroma). Real H&E keeps its fine detail in
-luma (nucleus outlines, chromatin) and has smooth colour. Measured 2026-12-03 on the demo
-runs (32 tiles of 8 validation patients): a 10-epoch diffusion model's grain was colour speckle
-(chroma ratio 1.43, luma 0.95) and the cVAE's blur showed as luma 0.04.
+Grain and blur are measured by the high-frequency ratios of `rna2histo.evaluation.detail`
+(luma: detail and blur; chroma: colour speckle; 1 = as the real tiles).
 """
 
 from __future__ import annotations
@@ -21,31 +17,8 @@ import pandas as pd
 import torch
 
 from .data import to_model_range, to_uint8
+from .evaluation.detail import high_frequency_ratios
 from .generate import LoadedRun, generate
-
-LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)  # ITU-R BT.601 weights
-
-
-def _laplacian_energy(a: np.ndarray) -> float:
-    """Mean absolute 4-neighbour Laplacian of images (N, H, W) over their interior pixels."""
-    neighbours = a[:, :-2, 1:-1] + a[:, 2:, 1:-1] + a[:, 1:-1, :-2] + a[:, 1:-1, 2:]
-    return float(np.abs(4 * a[:, 1:-1, 1:-1] - neighbours).mean())
-
-
-def high_frequency(tiles: np.ndarray) -> dict[str, float]:
-    """Laplacian energy of uint8 tiles (N, S, S, 3): of their luma, and of their chroma (each
-    RGB channel minus the luma, averaged over the three), in grey levels."""
-    rgb = tiles.astype(np.float32)
-    luma = rgb @ LUMA  # (N, S, S)
-    chroma = rgb - luma[..., None]
-    return {"luma": _laplacian_energy(luma),
-            "chroma": float(np.mean([_laplacian_energy(chroma[..., k]) for k in range(3)]))}
-
-
-def high_frequency_ratios(tiles: np.ndarray, real: np.ndarray) -> dict[str, float]:
-    """`high_frequency` of `tiles` over that of `real`: {"luma_hf_ratio", "chroma_hf_ratio"}."""
-    ours, theirs = high_frequency(tiles), high_frequency(real)
-    return {f"{k}_hf_ratio": ours[k] / theirs[k] for k in ours}
 
 
 def denoising_ladder(
@@ -54,8 +27,9 @@ def denoising_ladder(
     """`tiles` (uint8 (N, S, S, 3); row i of `rna` is tile i's patient) denoised from each
     t in `levels`, and per level: the noise's scale against the signal's,
     sqrt((1 - alpha_bar_t) / alpha_bar_t), the RMSE to the tiles (grey levels, 0-255) and the
-    high-frequency ratios to the tiles. The last entry, "sample", is the model's samples from pure noise for
-    the same patients (the same seed); its RMSE is left out: nothing ties a sample to a tile.
+    high-frequency ratios to the tiles. The last entry, "sample", is the model's samples from
+    pure noise for the same patients (the same seed); its RMSE is left out: nothing ties a
+    sample to a tile.
     `sample_kw` go to the sampler (``steps``, ``guidance``, ``eta``).
     """
     model = run.model

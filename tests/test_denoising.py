@@ -6,7 +6,8 @@ import pytest
 
 from rna2histo import chapter
 from rna2histo.cohort import load_cohort
-from rna2histo.denoising import denoising_ladder, high_frequency, high_frequency_ratios
+from rna2histo.denoising import denoising_ladder
+from rna2histo.evaluation.detail import detail_metrics, high_frequency, high_frequency_ratios
 from rna2histo.generate import load_run, patient_tiles
 from rna2histo.train import fit
 
@@ -25,6 +26,19 @@ def test_high_frequency_of_flat_grey_and_coloured_stripes():
     assert hf["luma"] < 2 and hf["chroma"] > 100
     ratios = high_frequency_ratios(colour // 2, colour)  # half the colour contrast
     assert ratios["chroma_hf_ratio"] == pytest.approx(0.5, rel=0.02)
+
+
+def test_detail_metrics_resample_patients_and_see_blur():
+    rng = np.random.default_rng(0)
+    real = rng.integers(0, 256, (12, 16, 16, 3), dtype=np.uint8)
+    patients = np.repeat(["a", "b", "c", "d"], 3)
+    blurred = ((real.astype(np.uint16) + np.roll(real, 1, axis=1) + np.roll(real, 1, axis=2)) // 3).astype(np.uint8)
+    same = detail_metrics(real, patients, real, patients, n_boot=50)
+    assert same["luma_hf_ratio"]["value"] == pytest.approx(1) == same["chroma_hf_ratio"]["value"]
+    blur = detail_metrics(real, patients, blurred, patients, n_boot=50)
+    for name in ("luma_hf_ratio", "chroma_hf_ratio"):
+        lo, hi = blur[name]["ci"]
+        assert lo <= blur[name]["value"] <= hi < 0.8, name
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,8 @@ Protocol (the study's, made precise):
   with the run's own normaliser, from the run's ``best`` checkpoint (EMA weights for diffusion),
   all noise from one generator seeded with `seed`;
 - SSIM and LPIPS on `n_pairs` (real, generated) pairs drawn at random (the study) and drawn
-  within a patient; FID and KID on up to `n_fid` tiles per side; faithfulness on morphometrics;
+  within a patient; FID and KID on up to `n_fid` tiles per side; fine detail (grain, blur) as
+  high-frequency ratios on all tiles (`detail`); faithfulness on morphometrics;
 - the ``real`` baseline: each test patient's real tiles split in two halves, one standing in for
   the generated set, so every measure has a real-vs-real reference at the same sample size;
 - the ``shuffled`` control: generated tiles relabelled by a derangement of the test patients
@@ -30,6 +31,7 @@ from ..paths import resolve
 from ..rna import fit_on_training, program_scores
 from . import faithfulness as fa
 from . import image_metrics as im
+from .detail import detail_metrics
 from .stats import mean_ci, set_distance_ci, summary, unavailable
 
 
@@ -162,6 +164,7 @@ def evaluate_set(real: TileSet, gen: TileSet, scores, s: Settings, lpips_net=Non
     out = pair_metrics(real, gen, lpips_net, s)
     if features is not None:
         out.update(inception_metrics(real, gen, features, s))
+    out.update(detail_metrics(real.tiles, real.patients, gen.tiles, gen.patients, n_boot=s.n_boot, seed=s.seed))
     real_m = morphometrics_of(real, s.mpp) if real_m is None else real_m  # computed once per cohort
     gen_m = morphometrics_of(gen, s.mpp)
     out.update(faithfulness_metrics(real_m, gen_m, scores, s))

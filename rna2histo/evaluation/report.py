@@ -40,12 +40,13 @@ STUDY_TABLE_4_4 = pd.DataFrame(
     index=pd.Index(MODELS, name="model"),
 )
 
-IMAGE_METRICS = ("ssim_random", "ssim_same_patient", "lpips", "fid", "kid")
+IMAGE_METRICS = ("ssim_random", "ssim_same_patient", "lpips", "fid", "kid", "luma_hf_ratio", "chroma_hf_ratio")
 FAITHFULNESS = ("morph_fd", "patient_morph_error", "conditioning_spearman", "retrieval_top1", "retrieval_top5")
 BETTER = {"ssim_random": "higher", "ssim_same_patient": "higher", "lpips": "lower", "fid": "lower",
-          "kid": "lower", "morph_fd": "lower", "patient_morph_error": "lower (< 1: own patient)",
-          "conditioning_spearman": "higher", "retrieval_top1": "higher", "retrieval_top5": "higher",
-          "program_truth_spearman": "higher"}
+          "kid": "lower", "luma_hf_ratio": "nearer 1 (< 1: blur)",
+          "chroma_hf_ratio": "nearer 1 (> 1: colour speckle)", "morph_fd": "lower",
+          "patient_morph_error": "lower (< 1: own patient)", "conditioning_spearman": "higher",
+          "retrieval_top1": "higher", "retrieval_top5": "higher", "program_truth_spearman": "higher"}
 
 
 def cell(metric: dict | None, digits: int = 3) -> str:
