@@ -24,6 +24,11 @@ def to_model_range(tiles: torch.Tensor) -> torch.Tensor:
     return tiles.float().div(127.5).sub(1.0)
 
 
+def tiles_to_model(tiles: np.ndarray) -> torch.Tensor:
+    """uint8 tiles (B, S, S, 3) as an array -> float (B, 3, S, S) in [-1, 1], the models' input."""
+    return to_model_range(torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2))
+
+
 def to_uint8(x: torch.Tensor) -> np.ndarray:
     """Model output (B, 3, S, S) in [-1, 1] -> uint8 images (B, S, S, 3) for display and metrics."""
     x = ((x.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import to_model_range, to_uint8
+from .data import tiles_to_model, to_uint8
 from .evaluation.detail import high_frequency_ratios
 from .generate import LoadedRun, generate
 
@@ -33,10 +33,9 @@ def denoising_ladder(
     `sample_kw` go to the sampler (``steps``, ``guidance``, ``eta``).
     """
     model = run.model
-    z, _ = run.normaliser.transform(rna)
-    device = next(model.parameters()).device
-    c = torch.tensor(run.condition(z), device=device)
-    x0 = to_model_range(torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)).to(device)
+    c, _ = run.conditions(rna)
+    device = c.device
+    x0 = tiles_to_model(tiles).to(device)
     outputs, rows = {}, []
     for t in levels:
         generator = torch.Generator(device).manual_seed(seed)

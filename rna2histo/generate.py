@@ -37,6 +37,13 @@ class LoadedRun:
         z = np.asarray(z, dtype=np.float32)
         return z if self.latent is None else self.latent.encode(z)
 
+    def conditions(self, rna: pd.DataFrame) -> tuple[torch.Tensor, dict]:
+        """Raw profiles (rows of `rna`) -> the model's conditions (P, C) on its device, and the
+        gene alignment of the run's normaliser."""
+        z, alignment = self.normaliser.transform(rna)
+        device = next(self.model.parameters()).device
+        return torch.tensor(self.condition(z), device=device), alignment
+
 
 def load_run(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu") -> LoadedRun:
     """The model of a run folder at checkpoint `which` (best, last or epoch_010), in eval mode."""
@@ -70,12 +77,11 @@ def generate(
 
     All noise comes from one generator seeded with `seed`, so the same call gives the same tiles.
     """
-    z, alignment = run.normaliser.transform(rna)
-    device = next(run.model.parameters()).device
-    c = torch.tensor(run.condition(z)).repeat_interleave(n, 0)
-    generator = torch.Generator(device).manual_seed(seed)
+    c, alignment = run.conditions(rna)
+    c = c.repeat_interleave(n, 0)
+    generator = torch.Generator(c.device).manual_seed(seed)
     images = [
-        to_uint8(run.model.sample(c[i : i + batch_size].to(device), generator=generator, **sample_kw))
+        to_uint8(run.model.sample(c[i : i + batch_size], generator=generator, **sample_kw))
         for i in range(0, len(c), batch_size)
     ]
     index = pd.DataFrame({"patient_id": np.repeat(rna.index.to_numpy(), n), "sample": np.tile(np.arange(n), len(rna))})

@@ -34,17 +34,12 @@ def tile_energies(tiles: np.ndarray) -> np.ndarray:
     return np.stack([_laplacian_energy(luma), chroma_energy], axis=1)
 
 
-def high_frequency(tiles: np.ndarray) -> dict[str, float]:
-    """The tiles' mean luma and chroma energy: {"luma", "chroma"}."""
-    return dict(zip(PARTS, tile_energies(tiles).mean(axis=0).tolist()))
-
-
 def _ratios(real_e: np.ndarray, gen_e: np.ndarray) -> np.ndarray:
     return gen_e.mean(axis=0) / real_e.mean(axis=0)
 
 
 def high_frequency_ratios(tiles: np.ndarray, real: np.ndarray) -> dict[str, float]:
-    """`high_frequency` of `tiles` over that of `real`: {"luma_hf_ratio", "chroma_hf_ratio"}."""
+    """Mean energies of `tiles` over those of `real`: {"luma_hf_ratio", "chroma_hf_ratio"}."""
     ratios = _ratios(tile_energies(real), tile_energies(tiles))
     return {f"{part}_hf_ratio": float(r) for part, r in zip(PARTS, ratios)}
 

@@ -27,7 +27,7 @@ import torch
 from skimage.metrics import structural_similarity
 
 from .. import weights
-from ..data import to_model_range
+from ..data import tiles_to_model
 from ..errors import UserError
 from .stats import frechet_distance
 
@@ -98,11 +98,6 @@ def load_lpips(mode: str = "auto"):
     return build_lpips(random_trunk=resolved == "lpips-random")
 
 
-def _to_model(tiles: np.ndarray, device) -> torch.Tensor:
-    """uint8 (B, S, S, 3) -> float (B, 3, S, S) in [-1, 1], the range LPIPS expects."""
-    return to_model_range(torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2)).to(device)
-
-
 @torch.no_grad()
 def lpips_scores(
     net, real: np.ndarray, generated: np.ndarray, pairs: np.ndarray, batch_size: int = 64
@@ -112,7 +107,9 @@ def lpips_scores(
     out = []
     for start in range(0, len(pairs), batch_size):
         chunk = pairs[start : start + batch_size]
-        x0, x1 = _to_model(real[chunk[:, 0]], device), _to_model(generated[chunk[:, 1]], device)
+        # LPIPS expects [-1, 1], the models' range
+        x0 = tiles_to_model(real[chunk[:, 0]]).to(device)
+        x1 = tiles_to_model(generated[chunk[:, 1]]).to(device)
         out.append(net(x0, x1).flatten().float().cpu())  # (B, 1, 1, 1) -> (B,)
     return torch.cat(out).numpy() if out else np.zeros(0, dtype=np.float32)
 
