@@ -9,26 +9,21 @@ import pandas as pd
 
 def tile_grid(cohort, patients, n_tiles: int = 6, labels: pd.DataFrame | None = None):
     """Rows of `n_tiles` tiles for each patient, labelled with its id and optional `labels` row."""
-    fig, axes = plt.subplots(len(patients), n_tiles, figsize=(1.3 * n_tiles, 1.4 * len(patients)), squeeze=False)
     table = cohort.tiles_table
-    for row, patient in zip(axes, patients):
-        idx = np.flatnonzero(table["patient_id"].to_numpy() == patient)[:n_tiles]
-        for ax, i in zip(row, list(idx) + [None] * n_tiles):
-            ax.axis("off")
-            if i is not None:
-                ax.imshow(cohort.tiles[i])
+    rows = {}
+    for patient in patients:
         text = patient
         if labels is not None:
             text += "\n" + " ".join(f"{k[:3]} {v:.2f}" for k, v in labels.loc[patient].items())
-        row[0].set_title(text, fontsize=7, loc="left")
-    fig.tight_layout()
-    return fig
+        rows[text] = cohort.tiles[np.flatnonzero(table["patient_id"].to_numpy() == patient)[:n_tiles]]
+    return tile_rows(rows, width=n_tiles, cell=(1.3, 1.4))
 
 
-def tile_rows(rows: dict[str, np.ndarray]):
-    """One row of tiles per entry, titled with its key; values uint8 (k, S, S, 3)."""
-    n = max(len(v) for v in rows.values())
-    fig, axes = plt.subplots(len(rows), n, figsize=(1.1 * n, 1.2 * len(rows)), squeeze=False)
+def tile_rows(rows: dict[str, np.ndarray], width: int | None = None, cell: tuple[float, float] = (1.1, 1.2)):
+    """One row of tiles per entry, titled with its key; values uint8 (k, S, S, 3). `width`
+    columns (default: the longest row), each `cell` inches wide and high."""
+    n = width or max(len(v) for v in rows.values())
+    fig, axes = plt.subplots(len(rows), n, figsize=(cell[0] * n, cell[1] * len(rows)), squeeze=False)
     for row, (label, tiles) in zip(axes, rows.items()):
         for ax, tile in zip(row, list(tiles) + [None] * n):
             ax.axis("off")
