@@ -155,10 +155,13 @@ chapter.conditioning(trained, cohort, seed=seed)
 # (`rna2histo.denoising`): luma measures detail and blur, chroma measures colour speckle, to
 # which real H&E, with its smooth colour, gives little.
 #
-# On the demo profile (10 epochs, 2026-12-03) the tiles came back clean from $t = 50$ (noise
+# On the demo profile at 10 epochs (2026-12-03) the tiles came back clean from $t = 50$ (noise
 # 0.18 of the signal; chroma ratio 0.96), speckled from $t = 150$ (0.52; 1.18) and as grainy as
-# the samples from $t = 300$ (1.24; 1.44): the denoiser has not learnt the middle noise levels,
-# and more sampling steps cannot help (100 steps and $\eta = 1$ gave the same grain).
+# the samples from $t = 300$ (1.24; 1.44): the denoiser had not learnt the middle noise levels,
+# and more sampling steps could not help (100 steps and $\eta = 1$ gave the same grain). At 25
+# epochs the speckle had gone but every level above $t = 150$ came back as purple blobs without
+# nuclei; at 60 epochs, the demo profile now, rimmed nuclei come back from $t = 150$ and the
+# samples from pure noise draw them too (`params/demo/03_diffusion.yaml` has the runs).
 
 # %% tags=["nbval-ignore-output"]
 fig, ladder = chapter.denoising(trained, cohort, seed=seed)
@@ -173,6 +176,8 @@ ladder
 # - Sampling costs `sample_steps` network passes per tile (twice that with $s \neq 1$).
 # - Denoising real tiles from each noise level tells a denoiser that has not learnt a level
 #   apart from a sampler that is too coarse.
+# - On a CPU what the small model needed was training time: at equal wall time a twice-wider
+#   U-Net did no better, and the 60-epoch run drew nuclei by epoch 41 (not yet at epoch 24).
 #
 # ## What's next
 # The study's own model, the hybrid GAN-VAE, combines the VAE's encoder with an adversary and
