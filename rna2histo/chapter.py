@@ -9,7 +9,7 @@ from . import plots
 from .book import ensure_cohort
 from .conditioning import conditioning_difference
 from .denoising import denoising_ladder
-from .generate import LoadedRun, load_run, patient_tiles, real_and_generated
+from .generate import LoadedRun, load_run, real_and_generated
 from .paths import resolve
 from .rna import fit_on_training
 
@@ -57,7 +57,7 @@ def denoising(trained: LoadedRun, cohort, levels=(50, 150, 300, 600, 999), patie
     """The diffusion model's denoising ladder (`rna2histo.denoising`) on `per_patient` tiles of
     the first `patients` validation patients: a figure of the real tiles, each level's results
     and the samples from pure noise, and the ladder's table."""
-    real = patient_tiles(cohort, cohort.patients("val")[:patients], per_patient)
+    real = cohort.patient_tiles(cohort.patients("val")[:patients], per_patient)
     ids = [p for p in real for _ in range(len(real[p]))]
     tiles = np.concatenate(list(real.values()))
     outputs, table = denoising_ladder(trained, tiles, cohort.rna.loc[ids], levels, seed=seed, **sample_kw)

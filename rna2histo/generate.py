@@ -100,16 +100,10 @@ def write_tiles(images: np.ndarray, index: pd.DataFrame, out: str | Path) -> pd.
     return index
 
 
-def patient_tiles(cohort, ids, n: int) -> dict[str, np.ndarray]:
-    """The first `n` tiles of each patient in `ids`: {patient: uint8 (<= n, S, S, 3)}."""
-    table = cohort.tiles_table["patient_id"].to_numpy()
-    return {p: np.asarray(cohort.tiles[np.flatnonzero(table == p)[:n]]) for p in ids}
-
-
 def real_and_generated(run: LoadedRun, cohort, split: str = "val", patients: int = 4, n: int = 6, seed: int = 0):
     """For the first `patients` of a split: {patient: real tiles}, {patient: generated tiles}, uint8."""
     ids = cohort.patients(split)[:patients]
-    real = patient_tiles(cohort, ids, n)
+    real = cohort.patient_tiles(ids, n)
     images, index, _ = generate(run, cohort.rna.loc[ids], n=n, seed=seed)
     generated = {p: images[(index.patient_id == p).to_numpy()] for p in ids}
     return real, generated

@@ -9,13 +9,12 @@ import pandas as pd
 
 def tile_grid(cohort, patients, n_tiles: int = 6, labels: pd.DataFrame | None = None):
     """Rows of `n_tiles` tiles for each patient, labelled with its id and optional `labels` row."""
-    table = cohort.tiles_table
     rows = {}
-    for patient in patients:
+    for patient, tiles in cohort.patient_tiles(patients, n_tiles).items():
         text = patient
         if labels is not None:
             text += "\n" + " ".join(f"{k[:3]} {v:.2f}" for k, v in labels.loc[patient].items())
-        rows[text] = cohort.tiles[np.flatnonzero(table["patient_id"].to_numpy() == patient)[:n_tiles]]
+        rows[text] = tiles
     return tile_rows(rows, width=n_tiles, cell=(1.3, 1.4))
 
 

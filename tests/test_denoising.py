@@ -8,7 +8,7 @@ from rna2histo import chapter
 from rna2histo.cohort import load_cohort
 from rna2histo.denoising import denoising_ladder
 from rna2histo.evaluation.detail import detail_metrics, high_frequency_ratios, tile_energies
-from rna2histo.generate import load_run, patient_tiles
+from rna2histo.generate import load_run
 from rna2histo.train import fit
 
 from .conftest import write_tiny_cohort
@@ -56,7 +56,7 @@ def diffusion_run(tmp_path_factory):
 
 def test_the_ladder_returns_tiles_from_little_noise_and_is_seeded(diffusion_run):
     trained, cohort = diffusion_run
-    real = patient_tiles(cohort, cohort.patients("val")[:2], 2)
+    real = cohort.patient_tiles(cohort.patients("val")[:2], 2)
     ids = [p for p in real for _ in range(len(real[p]))]
     tiles = np.concatenate(list(real.values()))
     outputs, table = denoising_ladder(trained, tiles, cohort.rna.loc[ids], (0, 999), seed=1)

@@ -24,6 +24,17 @@ def test_round_trip(tiny_cohort):
     assert c.manifest["counts"] == {"patients": 10, "tiles": 30, "genes": 20}
 
 
+def test_patient_tiles_are_each_patients_first_tiles_in_order(tiny_cohort):
+    c = tiny_cohort
+    ids = c.patients()[:3][::-1]
+    got = c.patient_tiles(ids, 2)
+    assert list(got) == ids
+    for p in ids:
+        rows = np.flatnonzero(c.tiles_table.patient_id.to_numpy() == p)
+        np.testing.assert_array_equal(got[p], c.tiles[rows[:2]])
+    assert all(len(v) == 3 for v in c.patient_tiles(ids, 99).values())  # 3 tiles each: all of them
+
+
 def test_interrupted_build_leaves_nothing_that_loads(tmp_path):
     out = tmp_path / "cohort"
     with pytest.raises(RuntimeError):

@@ -79,6 +79,11 @@ class Cohort:
         keep = self.tiles_table["patient_id"].isin(self.patients(split))
         return np.flatnonzero(keep.to_numpy())
 
+    def patient_tiles(self, ids, n: int) -> dict[str, np.ndarray]:
+        """The first `n` tiles of each patient in `ids`: {patient: uint8 (<= n, S, S, 3)}."""
+        table = self.tiles_table["patient_id"].to_numpy()
+        return {p: np.asarray(self.tiles[np.flatnonzero(table == p)[:n]]) for p in ids}
+
 
 def is_cohort(path: Path) -> bool:
     manifest = Path(path) / "manifest.json"
