@@ -177,8 +177,11 @@ def test_cgan_learns_each_conditions_colour(loss):
     for _ in range(120):
         model.training_step((x, c, p), step)
     end = colour_error(c)
-    assert end < 0.5 * start
-    assert end < 0.5 * colour_error(c.roll(1, 0))
+    # Bounds outside the measured spread: over seeds 0-3 under ATEN_CPU_CAPABILITY default, avx2
+    # and avx512 (one thread), end/start ranged 0.20-0.62 and end/shuffled 0.13-0.41, hinge the
+    # slower; a G that ignores c sits near 1 on both (benchmarks/experiments.md, 2026-12-06).
+    assert end < 0.8 * start
+    assert end < 0.6 * colour_error(c.roll(1, 0))
 
 
 def test_adversarial_losses_at_known_logits():
