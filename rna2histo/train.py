@@ -332,7 +332,9 @@ def _fit(params: dict, options: dict, world: World) -> Path:
     trainer = _make_trainer(params, options, world)
     last = trainer.run_dir / "checkpoints" / "last.pt"
     if params["resume"] and last.exists():
-        trainer.restore(_matching_checkpoint(last, trainer))
+        state = _matching_checkpoint(last, trainer)
+        trainer.restore(state)
+        _record_resume(params, state["params"], trainer.epoch)
     elif world.main:
         _clear_run(trainer.run_dir)
     if world.main:
@@ -404,8 +406,39 @@ def config_changes(saved, cfg) -> str:
     return ", ".join(f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(now) if old[k] != now[k])
 
 
+# What a run is: a resume that changes one of these would continue another run under this one's
+# name. The rest (epochs aside, checked below) may change on resume: where it runs, how often it
+# keeps checkpoints, what it shows; params.json then lists the changes under "resumes".
+IDENTITY = ("model", "cohort_dir", "seed", "batch_size", "model_size", "augment", "amp",
+            "rna_encoder", "rna_latent", "rna_beta")
+RESUMABLE = ("epochs", "ckpt_every", "device", "workers", "channels_last", "fused",
+             "cudnn_benchmark", "compile", "sample_patients", "progress")
+
+
+def _identity(params: dict, key: str):
+    value = params.get(key)
+    return str(resolve(value)) if key == "cohort_dir" and value is not None else value
+
+
+def identity_changes(saved: dict, asked: dict) -> list[str]:
+    """The identity settings where a run's saved params and the asked ones differ, as
+    "name=saved (asked: now)"; a setting an older run did not record is not compared."""
+    return [f"{k}={_identity(saved, k)!r} (asked: {_identity(asked, k)!r})" for k in IDENTITY
+            if k in saved and _identity(saved, k) != _identity(asked, k)]
+
+
+def _record_resume(params: dict, saved: dict, epoch: int) -> None:
+    """params.json tells the truth about a resumed run: which settings changed at which epoch."""
+    changed = {k: [saved.get(k), params.get(k)] for k in RESUMABLE if saved.get(k) != params.get(k)}
+    params["resumes"] = [*saved.get("resumes", []), {"epoch": epoch, "changed": changed}]
+
+
 def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
     state = load_checkpoint(path, map_location=trainer.device)
+    changed = identity_changes(state["params"], trainer.params)
+    if changed:
+        raise UserError(f"{path}: cannot resume: the run was trained with {', '.join(changed)}; "
+                        "resume with the run's settings or use another run_dir")
     encoder = state["params"].get("rna_encoder", "mlp"), state["params"].get("rna_latent_fit")
     if encoder != (trainer.params["rna_encoder"], trainer.params.get("rna_latent_fit")):
         dim = "" if encoder[1] is None else f" with {encoder[1]['dim']} dimensions"

@@ -104,6 +104,29 @@ def test_resume_refuses_another_model_config_or_schedule(cohort_dir, tmp_path):
         fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=2, resume=True, **FAST)
 
 
+def test_resume_refuses_a_changed_seed_batch_augment_or_cohort_and_params_json_stays_true(
+        cohort_dir, tmp_path):
+    """Defect 2 of issue 23: a resume that changed what the run is continued it under its name."""
+    import json
+    import re
+    import shutil
+
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "r", epochs=1, **FAST)
+    before = (run / "params.json").read_bytes()
+    other_cohort = shutil.copytree(cohort_dir, tmp_path / "copy")  # same tiles, another cohort_dir
+    for change, shown in [({"seed": 1}, "seed=0 (asked: 1)"), ({"augment": "none"}, "augment='study'"),
+                          ({"cohort_dir": other_cohort}, "cohort_dir=")]:
+        settings = {**FAST, "cohort_dir": cohort_dir, **change}
+        with pytest.raises(UserError, match="cannot resume: the run was trained with " + re.escape(shown)):
+            fit(run_dir=run, epochs=1, resume=True, **settings)
+    with pytest.raises(UserError, match=r"batch_size=8 \(asked: 4\)"):
+        fit(cohort_dir=cohort_dir, run_dir=run, epochs=1, resume=True, **{**FAST, "batch_size": 4})
+    assert (run / "params.json").read_bytes() == before
+    fit(cohort_dir=cohort_dir, run_dir=run, epochs=1, resume=True, ckpt_every=5, **FAST)  # may change
+    params = json.loads((run / "params.json").read_text())
+    assert params["ckpt_every"] == 5 and params["resumes"] == [{"epoch": 1, "changed": {"ckpt_every": [10, 5]}}]
+
+
 def test_a_field_added_after_a_run_takes_its_default_on_resume():
     from rna2histo.models.cgan import CGANConfig
     from rna2histo.train import config_changes
