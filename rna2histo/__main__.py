@@ -8,6 +8,7 @@ with one line on stderr (``error: <where>: <what>``) and exit status 2, never a 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
@@ -19,27 +20,49 @@ def resolve(path) -> Path:
     return Path(path).expanduser().resolve()
 
 
+def _number(kind, low: float, strict: bool):
+    """An argparse type: a `kind` (int or float) that is finite and above `low` (or at least it)."""
+    relation = ">" if strict else ">="
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
+                                             f"got {text!r}") from None
+        if not math.isfinite(value) or (value <= low if strict else value < low):
+            raise argparse.ArgumentTypeError(f"expected a finite number {relation} {low:g}, got {text!r}")
+        return value
+
+    return parse
+
+
+COUNT = _number(int, 1, strict=False)  # how many of something: >= 1
+INDEX = _number(int, 0, strict=False)  # a seed: >= 0
+SCALE = _number(float, 0, strict=True)  # a factor or size: > 0
+
+
 def _cohort_commands(sub) -> None:
     cohort = sub.add_parser("cohort", help="build or inspect a cohort").add_subparsers(
         dest="source", required=True
     )
     syn = cohort.add_parser("synthetic", help="the simulated paired cohort (embedded default)")
     syn.add_argument("--out", required=True, help="cohort folder to write")
-    syn.add_argument("--patients", type=int, default=40)
-    syn.add_argument("--tiles-per-patient", type=int, default=24)
-    syn.add_argument("--image-size", type=int, default=64)
-    syn.add_argument("--seed", type=int, default=0)
-    syn.add_argument("--genes", type=int, default=2000)
+    syn.add_argument("--patients", type=COUNT, default=40)
+    syn.add_argument("--tiles-per-patient", type=COUNT, default=24)
+    syn.add_argument("--image-size", type=COUNT, default=64)
+    syn.add_argument("--seed", type=INDEX, default=0)
+    syn.add_argument("--genes", type=COUNT, default=2000)
     syn.set_defaults(run=_run_synthetic)
 
     fol = cohort.add_parser("folder", help="bring your own: an RNA table and a folder of images")
     fol.add_argument("--rna", required=True, help="CSV, TSV or parquet; patients as rows")
     fol.add_argument("--images", required=True, help="folder with one sub-folder per patient")
     fol.add_argument("--out", required=True, help="cohort folder to write")
-    fol.add_argument("--tile-size", type=int, default=256)
-    fol.add_argument("--image-size", type=int, default=128)
-    fol.add_argument("--scale", type=float, default=1.0, help="resample images by this first")
-    fol.add_argument("--seed", type=int, default=0, help="seed of the patient split")
+    fol.add_argument("--tile-size", type=COUNT, default=256)
+    fol.add_argument("--image-size", type=COUNT, default=128)
+    fol.add_argument("--scale", type=SCALE, default=1.0, help="resample images by this first")
+    fol.add_argument("--seed", type=INDEX, default=0, help="seed of the patient split")
     fol.set_defaults(run=_run_folder)
 
     tcga = cohort.add_parser(
@@ -53,17 +76,17 @@ def _cohort_commands(sub) -> None:
     )
     tcga.add_argument("--project", default="TCGA-LUAD")
     tcga.add_argument("--out", required=True, help="cohort folder to write")
-    tcga.add_argument("--max-patients", type=int, default=None, help="seeded subset of patients")
-    tcga.add_argument("--tiles-per-patient", type=int, default=64)
-    tcga.add_argument("--tile-size", type=int, default=256, help="tile side in pixels at 20x")
-    tcga.add_argument("--image-size", type=int, default=128, help="tile side after resizing")
-    tcga.add_argument("--workers", type=int, default=2, help="slides processed in parallel")
+    tcga.add_argument("--max-patients", type=COUNT, default=None, help="seeded subset of patients")
+    tcga.add_argument("--tiles-per-patient", type=COUNT, default=64)
+    tcga.add_argument("--tile-size", type=COUNT, default=256, help="tile side in pixels at 20x")
+    tcga.add_argument("--image-size", type=COUNT, default=128, help="tile side after resizing")
+    tcga.add_argument("--workers", type=COUNT, default=2, help="slides processed in parallel")
     tcga.add_argument("--keep-slides", action=argparse.BooleanOptionalAction, default=True,
                       help="keep downloaded slides in the cache (default) or delete each once tiled")
     tcga.add_argument("--cache", default=None, help="downloads and per-slide records (default: OUT-cache)")
     tcga.add_argument("--xena-url", default=None, help="the RNA matrix (default: the project's HiSeqV2 on the public Xena hub)")
     tcga.add_argument("--gdc-api", default=None, help="the GDC API (default: the public service)")
-    tcga.add_argument("--seed", type=int, default=0, help="seeds patient selection, tile sampling, split")
+    tcga.add_argument("--seed", type=INDEX, default=0, help="seeds patient selection, tile sampling, split")
     tcga.set_defaults(run=_run_tcga)
 
     info = cohort.add_parser("info", help="summarise a cohort folder")
@@ -151,27 +174,31 @@ def _generate_command(sub) -> None:
     gen = sub.add_parser("generate", help="tiles from a trained run for new RNA profiles")
     gen.add_argument("--run", dest="run_dir", required=True, help="run folder, e.g. runs/hybrid/default")
     gen.add_argument("--rna", required=True, help="CSV, TSV or parquet; one row per patient")
-    gen.add_argument("--n", type=int, default=7, help="tiles per profile (default 7, as in the study)")
+    gen.add_argument("--n", type=COUNT, default=7, help="tiles per profile (default 7, as in the study)")
     gen.add_argument("--out", required=True, help="folder for the PNG tiles and index.csv")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--guidance", type=float, default=None, help="diffusion: guidance scale")
+    gen.add_argument("--seed", type=INDEX, default=0)
+    gen.add_argument("--guidance", type=_number(float, 0, strict=False), default=None, help="diffusion: guidance scale")
     gen.add_argument("--checkpoint", default="best", help="best, last or epoch_NNN")
+    gen.add_argument("--overwrite", action="store_true",
+                     help="replace the tiles of an earlier generate in --out (other files stay)")
     gen.set_defaults(run=_run_generate)
 
 
 def _run_generate(args) -> None:
     from .cohort.rna_table import read_rna_table
-    from .generate import generate, load_run, write_tiles
+    from .generate import check_out, generate, load_run, write_tiles
 
+    out = check_out(resolve(args.out), args.overwrite)  # before minutes of sampling
     run = load_run(resolve(args.run_dir), args.checkpoint)
     rna = read_rna_table(resolve(args.rna))
     kw = {} if args.guidance is None else {"guidance": args.guidance}
-    images, index, alignment = generate(run, rna, n=args.n, seed=args.seed, **kw)
-    write_tiles(images, index, resolve(args.out))
+    images, index, alignment = generate(run, rna, n=args.n, seed=args.seed, source=str(resolve(args.rna)), **kw)
+    write_tiles(images, index, out, overwrite=args.overwrite)
     print(
-        f"{len(images)} tiles for {len(rna)} profiles in {resolve(args.out)}; genes: "
+        f"{len(images)} tiles for {len(rna)} profiles in {out}; genes: "
         f"{alignment['genes_expected']} expected, {alignment['genes_missing_filled_with_median']} missing "
-        f"(filled with the training median), {alignment['genes_extra_ignored']} extra ignored"
+        f"from the table, {alignment['genes_imputed']} imputed (filled with the training median), "
+        f"{alignment['genes_extra_ignored']} extra ignored"
     )
 
 
@@ -194,7 +221,7 @@ def _train_command(sub) -> None:
                        "default on CUDA)")
     train.add_argument("--rna-encoder", choices=("mlp", "pca", "betavae"), default=None,
                        help="what the model is conditioned on (default: the file's rna_encoder, else mlp)")
-    train.add_argument("--rna-latent", type=int, default=None, help="latent dimensions for pca / betavae")
+    train.add_argument("--rna-latent", type=COUNT, default=None, help="latent dimensions for pca / betavae")
     train.set_defaults(run=_run_train)
 
 
@@ -229,7 +256,7 @@ def _segmentation_command(sub) -> None:
     seg = sub.add_parser("validate-segmentation", help="nuclei segmentation against binary masks")
     seg.add_argument("--images", required=True, help="H&E images (any format Pillow reads)")
     seg.add_argument("--masks", required=True, help="binary nuclei masks, same file stems")
-    seg.add_argument("--mpp", type=float, default=0.25, help="microns per pixel (default 0.25, 40x)")
+    seg.add_argument("--mpp", type=SCALE, default=0.25, help="microns per pixel (default 0.25, 40x)")
     seg.set_defaults(run=_run_segmentation)
 
 
@@ -279,8 +306,15 @@ def _run_bench(args) -> None:
     print(report)
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse's refusal in one line, as every other refusal here (its usage block is -h's)."""
+
+    def error(self, message: str):
+        self.exit(2, f"error: {self.prog}: {message}; see {self.prog} -h\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    top = argparse.ArgumentParser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
+    top = Parser(prog="python -m rna2histo", description=__doc__.splitlines()[0])
     sub = top.add_subparsers(dest="command", required=True)
     _cohort_commands(sub)
     _book_command(sub)

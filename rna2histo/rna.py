@@ -86,6 +86,8 @@ class Normaliser:
             "genes_missing_filled_with_median": int((~present).sum()),
             "genes_extra_ignored": int((~rna.columns.isin(self.genes)).sum()),
             "values_imputed": int(missing_values[:, present].sum()),
+            # a gene absent from the table, or empty for some profile, took the median somewhere
+            "genes_imputed": int(missing_values.any(axis=0).sum()),
         }
         return pd.DataFrame(z, index=rna.index, columns=self.genes), report
 

@@ -13,6 +13,7 @@ written atomically (temporary file, then rename), so a kill leaves the previous 
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import pandas as pd
@@ -29,18 +30,33 @@ def save_checkpoint(path: Path, state: dict) -> Path:
     return atomic_write(path, lambda tmp: torch.save({"format_version": CHECKPOINT_VERSION, **state}, tmp))
 
 
-def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False) -> dict:
-    """`mmap`: map the file instead of reading it; tensors are read when touched."""
+# What every reader of a checkpoint uses (generation, evaluation, showing a run), and what a
+# resume needs besides.
+CONTENTS = ("model", "config", "state_dict", "normaliser", "epoch", "params")
+TRAINING_STATE = ("optimizers", "schedulers", "scaler", "best_val")
+
+
+def load_checkpoint(path: Path, map_location="cpu", mmap: bool = False, needs: tuple = CONTENTS) -> dict:
+    """`mmap`: map the file instead of reading it; tensors are read when touched. A file that is
+    not ours, or lacks one of `needs`, is a one-line `UserError` naming it and what is missing."""
     path = Path(path)
     if not path.is_file():
         raise where(path, "no such checkpoint")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True, mmap=mmap)
     except Exception as err:  # torch raises many types for a damaged or foreign file
-        raise where(path, f"not a readable rna2histo checkpoint ({type(err).__name__}: {err})") from None
+        if isinstance(err, pickle.UnpicklingError) and "weights only load failed" in str(err).lower():
+            # torch's message goes on to suggest weights_only=False: the one thing not to do here
+            raise where(path, "refused: it holds pickled Python objects, which can run code when loaded; "
+                        "rna2histo checkpoints hold tensors and plain values only") from None
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise where(path, f"not a readable rna2histo checkpoint ({type(err).__name__}: {first})") from None
     version = state.get("format_version") if isinstance(state, dict) else None
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
         raise where(path, f"checkpoint format version {version} is not one this rna2histo reads ({CHECKPOINT_VERSION})")
+    missing = [key for key in needs if key not in state]
+    if missing:
+        raise where(path, f"not a complete rna2histo checkpoint: it lacks {', '.join(missing)}; retrain the run")
     return state
 
 

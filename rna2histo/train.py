@@ -42,6 +42,8 @@ from .models import Generator, build_model
 from .paths import RUNS, atomic_write, resolve
 from .rna import Normaliser, fit_on_training
 from .runs import (
+    CONTENTS,
+    TRAINING_STATE,
     load_checkpoint,
     read_metrics,
     save_checkpoint,
@@ -434,7 +436,7 @@ def _record_resume(params: dict, saved: dict, epoch: int) -> None:
 
 
 def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
-    state = load_checkpoint(path, map_location=trainer.device)
+    state = load_checkpoint(path, map_location=trainer.device, needs=CONTENTS + TRAINING_STATE)
     changed = identity_changes(state["params"], trainer.params)
     if changed:
         raise UserError(f"{path}: cannot resume: the run was trained with {', '.join(changed)}; "
