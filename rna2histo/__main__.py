@@ -327,7 +327,10 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as done:  # -h, or argparse's one-line refusal: its status, returned as main's
+        return done.code or 0
     try:
         args.run(args)
     except UserError as err:
