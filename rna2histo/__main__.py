@@ -63,6 +63,8 @@ def _cohort_commands(sub) -> None:
     fol.add_argument("--image-size", type=COUNT, default=128)
     fol.add_argument("--scale", type=SCALE, default=1.0, help="resample images by this first")
     fol.add_argument("--seed", type=INDEX, default=0, help="seed of the patient split")
+    fol.add_argument("--max-pixels", type=COUNT, default=None,
+                     help="skip larger images, before and after --scale (default 100000000)")
     fol.set_defaults(run=_run_folder)
 
     tcga = cohort.add_parser(
@@ -113,7 +115,7 @@ def _run_tcga(args) -> None:
         seed=args.seed,
     )
     _run_info(argparse.Namespace(dir=out))
-    report = load_cohort(out).manifest["report"]
+    report = load_cohort(out, check_splits=False).manifest["report"]
     for kind in ("slides_unreadable", "slides_failed"):
         for name, why in report[kind]["items"].items():
             print(f"{kind.split('_')[1]}: {name}: {why}", file=sys.stderr)
@@ -148,6 +150,7 @@ def _run_folder(args) -> None:
         scale=args.scale,
         seed=args.seed,
         progress=True,
+        max_pixels=args.max_pixels,
     )
     _run_info(argparse.Namespace(dir=out))
 
@@ -155,7 +158,7 @@ def _run_folder(args) -> None:
 def _run_info(args) -> None:
     from .cohort import describe, load_cohort
 
-    print(describe(load_cohort(resolve(args.dir))))
+    print(describe(load_cohort(resolve(args.dir), check_splits=False)))
 
 
 def _book_command(sub) -> None:

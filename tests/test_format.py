@@ -1,12 +1,15 @@
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from rna2histo.cohort import CohortWriter, load_cohort, split_patients
+from rna2histo.cohort import CohortWriter, describe, load_cohort, split_patients
 from rna2histo.cohort.format import FORMAT_VERSION
 from rna2histo.errors import UserError
+from rna2histo.train import fit
 
 from .conftest import write_tiny_cohort
 
@@ -101,3 +104,88 @@ def test_split_is_seeded_disjoint_and_study_sized():
     assert a.split.value_counts().to_dict() == {"train": 34, "val": 8, "test": 8}
     assert a.patient_id.is_unique
     assert not split_patients(ids, seed=4).equals(a)
+
+
+def users_files(out):
+    """A user's notes and a folder of other outputs, kept in a cohort folder."""
+    (out / "notes.txt").write_text("precious")
+    (out / "figures").mkdir()
+    (out / "figures" / "umap.png").write_bytes(b"\x89PNG")
+
+
+def test_a_rebuild_keeps_the_users_other_files(tmp_path):  # issue 23, defect 1
+    out = tmp_path / "cohort"
+    write_tiny_cohort(out, seed=1)
+    users_files(out)
+    c = write_tiny_cohort(out, patients=5, seed=2)
+    assert c.manifest["counts"]["patients"] == 5
+    assert (out / "notes.txt").read_text() == "precious"
+    assert (out / "figures" / "umap.png").read_bytes() == b"\x89PNG"
+    assert sorted(c.manifest["files"]) == sorted(p.name for p in out.iterdir() if p.is_file() and p.name != "notes.txt")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]  # no temporary folder left
+
+
+def test_a_rebuild_removes_the_old_cohorts_own_files_it_does_not_write_again(tmp_path):
+    out = tmp_path / "cohort"
+    write_tiny_cohort(out, seed=1)
+    pd.DataFrame({"program_a": [1.0]}).to_parquet(out / "patients.parquet")
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"].append("patients.parquet")  # as a synthetic cohort's manifest lists it
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    c = write_tiny_cohort(out, seed=2)
+    assert not (out / "patients.parquet").exists() and c.patients_table is None
+
+
+def test_a_rebuild_of_a_cohort_without_a_file_list_keeps_the_users_files(tmp_path):
+    out = tmp_path / "cohort"
+    write_tiny_cohort(out, seed=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    del manifest["files"]  # written before cohorts listed their files: the known names are theirs
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    users_files(out)
+    write_tiny_cohort(out, seed=2)
+    assert (out / "notes.txt").read_text() == "precious" and (out / "figures" / "umap.png").exists()
+
+
+def test_a_failed_swap_puts_the_users_files_back(tmp_path, monkeypatch):
+    out = tmp_path / "cohort"
+    write_tiny_cohort(out, seed=1)
+    users_files(out)
+    real_replace = os.replace
+
+    def interrupted(src, dst):
+        if Path(src) == out:  # Ctrl-C just as the old cohort moves aside
+            raise KeyboardInterrupt
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        write_tiny_cohort(out, seed=2)
+    assert (out / "notes.txt").read_text() == "precious" and (out / "figures" / "umap.png").exists()
+    assert load_cohort(out).manifest["params"] == {"seed": 1}  # the old cohort, whole
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cohort"]
+
+
+def test_a_users_file_named_like_a_new_cohort_file_is_refused_not_overwritten(tmp_path):
+    out = tmp_path / "cohort"
+    write_tiny_cohort(out, seed=1)
+    manifest = json.loads((out / "manifest.json").read_text())
+    manifest["files"].remove("splits.csv")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "splits.csv").write_text("mine")
+    with pytest.raises(UserError, match="splits.csv: is not part of the old cohort"):
+        write_tiny_cohort(out, seed=2)
+    assert (out / "splits.csv").read_text() == "mine"
+
+
+@pytest.mark.parametrize("patients", [1, 2])
+def test_too_few_patients_for_the_split_is_one_line_where_the_cohort_is_read(tmp_path, patients):  # defect 8
+    out = tmp_path / "cohort"
+    write_tiny_cohort(out, patients=patients)
+    with pytest.raises(UserError) as err:
+        fit("cvae", out, tmp_path / "run", epochs=1, batch_size=2, device="cpu", progress=False)
+    message = str(err.value)
+    assert "\n" not in message and message.startswith(str(out))
+    assert f"train {patients}, val 0, test 0" in message and "3 or more patients" in message
+    assert not (tmp_path / "run").exists()
+    assert "cannot be trained on" in describe(load_cohort(out, check_splits=False))

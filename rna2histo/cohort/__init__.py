@@ -48,7 +48,8 @@ def build_cohort(source: str, out: str | Path, **params) -> Cohort:
     """
     builder = _builder(source)
     accepted = inspect.signature(builder).parameters
-    return load_cohort(builder(out=Path(out), **{k: v for k, v in params.items() if k in accepted}))
+    built = builder(out=Path(out), **{k: v for k, v in params.items() if k in accepted})
+    return load_cohort(built, check_splits=False)  # built and described; training checks the splits
 
 
 def describe(cohort: Cohort) -> str:
@@ -62,4 +63,6 @@ def describe(cohort: Cohort) -> str:
         + (f" at {m['mpp']:.2f} um/px" if m.get("mpp") else ""),
         "  split    " + ", ".join(f"{s} {r.patients} patients / {r.tiles} tiles" for s, r in counts.iterrows()),
     ]
+    if (counts["patients"] < 1).any():
+        lines.append("  cannot be trained on: train, val and test need at least one patient each (3+ patients)")
     return "\n".join(lines)

@@ -11,7 +11,9 @@ Each image is resampled by `scale` (0.5 turns 40x into 20x), cut into non-overla
 fraction < `MIN_TISSUE`) are dropped and the rest resized to `image_size`. Input that cannot be
 used as a whole (an unreadable table, no patient in common) is a one-line `UserError` and nothing
 is written; single images or patients that give nothing are skipped and listed in the manifest's
-``report``.
+``report``. That includes an image above `max_pixels`, judged from its header before a pixel is
+decoded: a 2 MB PNG can declare 23,000 x 23,000 pixels and take gigabytes once decoded.
+Folder names are patient ids in Unicode NFC (macOS stores names decomposed, NFD).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import warnings
 from collections import defaultdict
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -31,13 +34,26 @@ from tqdm.auto import tqdm
 from ..errors import UserError, where
 from ..paths import resolve
 from .format import CohortWriter, check_output
-from .rna_table import clean_rna, counted, patient_id, read_rna_table
+from .rna_table import (
+    _one_line,
+    check_normalisation,
+    clean_rna,
+    counted,
+    patient_id,
+    read_rna_table,
+)
 from .split import split_patients
 
 MIN_TISSUE = 0.5  # a tile is kept when at least this fraction of its pixels is tissue
 WHITE_LEVEL = 210  # a pixel whose darkest channel is above this is glass (optical density < 0.08)
 MIN_SATURATION = 0.08  # HSV saturation; grey glass, shadows and black pen marks are below it
-MAX_PIXELS = 2**29  # larger images are skipped: decoded they take > 2 GB; use a slide source
+# Images with more pixels are skipped unless `max_pixels` says otherwise. Decoding takes 3 bytes
+# a pixel as RGB (4 for RGBA), the conversion to RGB a second copy, transparency and resampling
+# one or two more: about 10-20 bytes a pixel at the peak, so 100 megapixels is 1-2 GB, which a
+# laptop holds. A large ROI fits (10,000 x 10,000 pixels is 2.5 mm square at 0.25 um/pixel);
+# whole-slide exports are beyond it and belong to a slide reader, not Pillow.
+MAX_PIXELS = 100_000_000
+CAP_HINT = "raise --max-pixels if it is meant"
 BATCH = 256  # tiles handed to the writer at once
 TILE_COLUMNS = ["patient_id", "origin", "x", "y", "tissue_fraction"]  # tiles.parquet
 # report entries for images that gave no tile, each {image path: reason}
@@ -45,11 +61,17 @@ SKIPPED = ("undecodable_images", "images_smaller_than_tile", "images_without_tis
 
 
 def build_folder(
-    rna, images, out, tile_size=256, image_size=128, scale=1.0, seed=0, progress=False
+    rna, images, out, tile_size=256, image_size=128, scale=1.0, seed=0, progress=False,
+    max_pixels=None,
 ) -> Path:
-    """Build a cohort at `out` from an RNA table and an images folder; returns `out`."""
+    """Build a cohort at `out` from an RNA table and an images folder; returns `out`.
+
+    `max_pixels` (default `MAX_PIXELS`) caps an image's pixels, before and after `scale`.
+    """
     rna, images, out = resolve(rna), resolve(images), resolve(out)
+    max_pixels = MAX_PIXELS if max_pixels is None else max_pixels  # read now: tests patch it
     _check_params(tile_size, image_size, scale)
+    _check_max_pixels(max_pixels)
     check_output(out)  # before any long work: refuse a folder that is not ours at once
     if not images.is_dir():
         raise where(images, "images folder not found" if not images.exists() else "is not a folder")
@@ -66,15 +88,17 @@ def build_folder(
         "files_outside_patient_folders": counted(loose),
     }
     jobs = [(p, f) for p in patients for f in folders[p]]
+    limits = _Limits(tile_size, scale, max_pixels)
     with CohortWriter(out, image_size) as writer:
-        rows, tiling = _tile_all(jobs, images, writer, tile_size, image_size, scale, progress)
+        rows, tiling = _tile_all(jobs, images, writer, limits, image_size, progress)
         kept = sorted(set(rows["patient_id"]))
         report.update(tiling, patients_without_tiles=counted(sorted(set(patients) - set(kept))))
         if not kept:
             raise where(images, f"no tile kept for any patient; {_why_empty(report)}")
         return writer.commit(
             source="folder",
-            params=_params(rna, images, tile_size, image_size, scale, seed),
+            params=_params(rna, images, tile_size, image_size, scale, seed) | {
+                "max_pixels": int(max_pixels)},
             rna=table.loc[kept],
             tiles_table=rows,
             splits=split_patients(kept, seed),
@@ -120,14 +144,20 @@ def _check_params(tile_size, image_size, scale) -> None:
         raise UserError(f"--scale must be a positive number, got {scale!r}")
 
 
+def _check_max_pixels(max_pixels) -> None:
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, np.integer)) \
+            or max_pixels < 1:
+        raise UserError(f"--max-pixels must be a positive whole number, got {max_pixels!r}")
+
+
 def _patient_folders(images: Path) -> tuple[dict[str, list[Path]], dict, list[str]]:
     """Image files per patient, the folders merged into one patient, and files at the top level."""
     folders: dict[str, list[Path]] = defaultdict(list)
     names: dict[str, list[str]] = defaultdict(list)
     loose = []
-    for entry in sorted(images.iterdir()):
-        if entry.name.startswith("."):  # .DS_Store, editor and sync leftovers
-            continue
+    entries = [e for e in sorted(images.iterdir()) if not e.name.startswith(".")]
+    check_normalisation([e.name for e in entries if e.is_dir()], images)
+    for entry in entries:  # dot files skipped: .DS_Store, editor and sync leftovers
         if not entry.is_dir():
             loose.append(entry.name)
             continue
@@ -158,16 +188,24 @@ def _example(ids) -> str:
     return repr(ids[0]) if ids else "none"
 
 
-def _tile_all(jobs, images, writer, tile_size, image_size, scale, progress):
+class _Limits(NamedTuple):
+    """What an image must fit: tiles of `tile_size` after `scale`, at most `max_pixels`."""
+
+    tile_size: int
+    scale: float
+    max_pixels: int
+
+
+def _tile_all(jobs, images, writer, limits: _Limits, image_size, progress):
     """Tile every (patient, image file) into the writer; the tiles table and what was skipped."""
     sink = _TileSink(writer)
     skipped = {kind: {} for kind in SKIPPED}  # kind -> {image: reason}
-    n_cut = 0
-    with _pillow_limit_off():
+    n_cut, tile_size = 0, limits.tile_size
+    with _pillow_limit(limits.max_pixels):
         for pid, path in tqdm(jobs, desc="images", unit="image", disable=not progress):
             origin = path.relative_to(images).as_posix()
             try:
-                image = _open_scaled(path, scale, tile_size)
+                image = _open_scaled(path, limits)
             except _Skip as skip:
                 skipped[skip.kind][origin] = skip.reason
                 continue
@@ -180,6 +218,9 @@ def _tile_all(jobs, images, writer, tile_size, image_size, scale, progress):
     table = sink.close()
     report = {kind: counted(found) for kind, found in skipped.items()}
     report["tiles"] = {"cut": n_cut, "background": n_cut - len(table), "kept": len(table)}
+    # of the undecodable ones: those the cap refused, which the user can let in
+    report["images_above_max_pixels"] = sum(
+        CAP_HINT in reason for reason in skipped["undecodable_images"].values())
     return table, report
 
 
@@ -220,35 +261,68 @@ class _Skip(Exception):
 
 
 @contextmanager
-def _pillow_limit_off():
-    """Let Pillow open large images; `_open_scaled` applies our own limit, `MAX_PIXELS`."""
+def _pillow_limit(max_pixels):
+    """Pillow's own bomb check set to our cap, its warning made an error (a skip, see below).
+
+    Pillow checks sizes where we cannot see them (frames of a GIF or an ICO as they load); its
+    default would refuse some images under a raised cap, so it follows `max_pixels`.
+    """
     before = Image.MAX_IMAGE_PIXELS
-    Image.MAX_IMAGE_PIXELS = None
+    Image.MAX_IMAGE_PIXELS = max_pixels
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
             yield
     finally:
         Image.MAX_IMAGE_PIXELS = before
 
 
-def _open_scaled(path: Path, scale: float, tile_size: int) -> Image.Image:
-    """The image as RGB on white, resampled by `scale`; raises `_Skip` when it gives no tiles."""
+def _open_header(path: Path) -> Image.Image:
+    """The image opened lazily: size and mode read from the header, no pixel decoded yet.
+
+    Pillow's check is off for this step only, so that an image above the cap is refused by
+    `_check_pixels` with its width and height, which Pillow's message lacks.
+    """
+    before = Image.MAX_IMAGE_PIXELS
+    Image.MAX_IMAGE_PIXELS = None
     try:
-        with Image.open(path) as image:
-            w, h = image.size
-            if w * h > MAX_PIXELS:
-                reason = f"{w} x {h} pixels is more than {MAX_PIXELS}; cut it into parts"
-                raise _Skip("undecodable_images", reason)
+        return Image.open(path)
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
+
+
+def _check_pixels(w: int, h: int, size: tuple, limits: _Limits) -> None:
+    """Raise `_Skip` if the image, as stored or after scaling to `size`, is above the cap."""
+    cap = limits.max_pixels
+    for (x, y), when in (((w, h), ""), (size, f" after --scale {limits.scale:g}")):
+        if x * y > cap:
+            raise _Skip("undecodable_images", (
+                f"{x} x {y} pixels{when} = {_mega(x * y)} megapixels, more than the cap of "
+                f"{_mega(cap)} (max_pixels={cap}); {CAP_HINT}"))
+
+
+def _mega(pixels: int) -> str:
+    return f"{pixels / 1e6:.3g}"
+
+
+def _open_scaled(path: Path, limits: _Limits) -> Image.Image:
+    """The image as RGB on white, resampled by `scale`; raises `_Skip` when it gives no tiles."""
+    scale, tile_size = limits.scale, limits.tile_size
+    try:
+        with _open_header(path) as image:
+            w, h = image.size  # from the header: nothing is decoded before the checks
             size = (max(1, round(w * scale)), max(1, round(h * scale)))
+            _check_pixels(w, h, size, limits)
             if min(size) < tile_size:
                 raise _Skip("images_smaller_than_tile", f"{size[0]} x {size[1]} after scaling")
             image.draft("RGB", size)  # JPEG decodes at a reduced size directly: less memory
             rgb = _on_white(image)
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as err:
-        # Pillow reports broken files as OSError, some plugins as SyntaxError or ValueError
-        reason = " ".join(str(err).split()) or type(err).__name__
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        reason = f"{_one_line(err)}; {CAP_HINT}"
         raise _Skip("undecodable_images", reason) from None
+    except (OSError, ValueError, SyntaxError) as err:
+        # Pillow reports broken files as OSError, some plugins as SyntaxError or ValueError
+        raise _Skip("undecodable_images", _one_line(err)) from None
     if rgb.size != size:
         # LANCZOS antialiases when shrinking; reducing_gap first box-reduces big images (fast)
         rgb = rgb.resize(size, Image.Resampling.LANCZOS, reducing_gap=3.0)
@@ -282,8 +356,13 @@ def _tissue_tiles(image: Image.Image, tile_size: int, image_size: int):
 
 def _why_empty(report: dict) -> str:
     parts = [
-        f"{report['undecodable_images']['count']} images could not be decoded",
+        f"{report['undecodable_images']['count']} images could not be decoded"
+        + _above_cap(report.get("images_above_max_pixels", 0)),
         f"{report['images_smaller_than_tile']['count']} were smaller than the tile",
         f"{report['images_without_tissue']['count']} held only background",
     ]
     return ", ".join(parts)
+
+
+def _above_cap(n: int) -> str:
+    return f" ({n} of them above the pixel cap: {CAP_HINT})" if n else ""

@@ -5,7 +5,8 @@ A cohort is a folder::
     manifest.json     {"format": "rna2histo-cohort", "format_version": 1, "source": "synthetic",
                        "params": {...build parameters...}, "counts": {"patients", "tiles", "genes"},
                        "image_size": S, "mpp": um per pixel or null, "report": {...what was
-                       skipped, imputed or dropped, with counts and lists...}}
+                       skipped, imputed or dropped, with counts and lists...},
+                       "files": [the names above that the builder wrote]}
     rna.parquet       patients x genes (float32), index `patient_id`, columns gene symbols;
                       log2(RSEM + 1) scale as given by the source; NaN where a value is missing
     tiles.npy         uint8 (N, S, S, 3) RGB, opened memory-mapped, never loaded whole
@@ -16,7 +17,9 @@ A cohort is a folder::
 
 Writes are atomic: everything goes into a hidden temporary folder beside the target, the manifest
 last, and the folder is renamed into place at the end. An interrupted build leaves no folder that
-`load_cohort` accepts, and an existing cohort is only replaced by a complete one.
+`load_cohort` accepts, and an existing cohort is only replaced by a complete one. A rebuild
+replaces only the old cohort's own files (its manifest's "files"); anything else a user keeps in
+the folder (notes, other outputs) is carried over into the new one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from ..errors import UserError, where
 FORMAT = "rna2histo-cohort"
 FORMAT_VERSION = 1
 SPLITS = ("train", "val", "test")
+# What a cohort written before the manifest listed its files may hold: all a rebuild replaces
+OWN_FILES = ("manifest.json", "rna.parquet", "tiles.npy", "tiles.parquet", "splits.csv", "patients.parquet")
 
 
 @dataclass
@@ -72,6 +77,15 @@ class Cohort:
         }
         return pd.DataFrame(counts).reindex(list(SPLITS), fill_value=0)
 
+    def check_splits(self) -> None:
+        """Training, model selection and held-out evaluation each need a patient of their own."""
+        counts = self.split_counts()["patients"]
+        if (counts < 1).any():
+            found = ", ".join(f"{s} {n}" for s, n in counts.items())
+            raise where(self.root, f"a cohort to train on needs at least one patient in each of train, val and "
+                        f"test, this one has {found}; build it from 3 or more patients (the split gives "
+                        f"15% each to val and test)")
+
     def tile_indices(self, split: str | None = None) -> np.ndarray:
         """Row numbers of the tiles that belong to a split's patients."""
         if split is None:
@@ -104,8 +118,12 @@ def check_output(out: Path) -> None:
         raise where(out, "exists and is not a cohort; choose another --out or remove it first")
 
 
-def load_cohort(root: str | Path) -> Cohort:
-    """Read and check a cohort folder; the tiles stay on disk (memory-mapped)."""
+def load_cohort(root: str | Path, check_splits: bool = True) -> Cohort:
+    """Read and check a cohort folder; the tiles stay on disk (memory-mapped).
+
+    `check_splits` refuses a cohort with an empty train, val or test split (`Cohort.check_splits`);
+    only code that describes a cohort rather than trains or evaluates on it turns it off.
+    """
     root = Path(root)
     manifest_path = root / "manifest.json"
     if not manifest_path.is_file():
@@ -125,7 +143,10 @@ def load_cohort(root: str | Path) -> Cohort:
         raise where(root / "tiles.npy", f"expected uint8 (N, S, S, 3), found {tiles.dtype} {tiles.shape}")
     if len(tiles) != len(table):
         raise where(root, f"tiles.npy has {len(tiles)} tiles but tiles.parquet {len(table)} rows")
-    return Cohort(root, manifest, rna, tiles, table, splits, patients_table)
+    cohort = Cohort(root, manifest, rna, tiles, table, splits, patients_table)
+    if check_splits:
+        cohort.check_splits()
+    return cohort
 
 
 def _read_manifest(path: Path) -> dict:
@@ -208,6 +229,7 @@ class CohortWriter:
             "image_size": self.image_size,
             "mpp": mpp,
             "report": report or {},
+            "files": sorted([p.name for p in self.tmp.iterdir()] + ["manifest.json"]),
         }
         # The manifest goes last: without it the folder is not a cohort.
         (self.tmp / "manifest.json").write_text(json.dumps(manifest, indent=2, default=_json_default))
@@ -248,16 +270,46 @@ def _check_tables(rna: pd.DataFrame, table: pd.DataFrame, splits: pd.DataFrame, 
 
 
 def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename `tmp` to `out`, replacing an older cohort there only after the new one is whole."""
-    if out.exists() and any(out.iterdir()):
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-        os.replace(out, old / "cohort")
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
+    """Rename `tmp` to `out`, replacing an older cohort there only after the new one is whole.
+
+    The user's own files in `out` (anything the old cohort's manifest does not list) move into
+    the new cohort first; if the swap fails they are moved back, so none is ever deleted.
+    """
+    if not (out.exists() and any(out.iterdir())):
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
+        return
+    kept = _users_files(out, tmp)
+    old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+    moved = []
+    try:
+        for name in kept:
+            os.replace(out / name, tmp / name)
+            moved.append(name)
+        os.replace(out, old / "cohort")
+    except BaseException:  # Ctrl-C included: the user's files go back before tmp is discarded
+        for name in moved:
+            os.replace(tmp / name, out / name)
+        old.rmdir()
+        raise
+    os.replace(tmp, out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _users_files(out: Path, tmp: Path) -> list[str]:
+    """The entries of cohort folder `out` that its builder did not write."""
+    try:
+        listed = json.loads((out / "manifest.json").read_text()).get("files")
+    except (OSError, ValueError):
+        listed = None
+    own = set(listed) if isinstance(listed, list) else set(OWN_FILES)
+    kept = sorted(p.name for p in out.iterdir() if p.name not in own)
+    clash = [name for name in kept if (tmp / name).exists()]
+    if clash:
+        raise where(out / clash[0], "is not part of the old cohort, but the new one writes a file of that "
+                    "name; move it elsewhere and build again")
+    return kept
 
 
 def _json_default(value):

@@ -19,7 +19,7 @@ import requests
 
 from ..errors import UserError, where
 from . import http
-from .rna_table import patient_id
+from .rna_table import check_normalisation, patient_id
 
 GDC_API = "https://api.gdc.cancer.gov"
 FIELDS = ("file_id", "file_name", "md5sum", "file_size", "cases.submitter_id")
@@ -56,6 +56,9 @@ def diagnostic_slides(project: str, api: str = GDC_API, session=None, page_size:
         if own:
             session.close()
     rows = [_row(hit, api) for hit in hits]
+    # patient_id() normalises (NFC); two spellings of one case must not merge unseen
+    check_normalisation(sorted({str(h["cases"][0]["submitter_id"]).strip() for h in hits}),
+                        f"{api.rstrip('/')}/files")
     slides = pd.DataFrame(rows, columns=COLUMNS).drop_duplicates("file_id")
     slides["file_size"] = slides["file_size"].astype("int64")
     return slides.sort_values(["patient_id", "file_name"], ignore_index=True)

@@ -8,11 +8,15 @@ is renamed onto `dest`. So `dest` either does not exist or is whole and verified
 happens to the process or the network.
 
 File names that come from an API are made safe with `safe_name` and `inside` before they touch
-the disk: a server (or a man in the middle) must not be able to write outside the cache.
+the disk: a server (or a man in the middle) must not be able to write outside the cache. For
+the same reason the cache opens its ``.part`` files without following symbolic links and
+refuses a ``.part`` or `dest` that is one: a link planted there would redirect the writes (or
+the final rename) to any file the user can write.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
@@ -35,6 +39,10 @@ NETWORK_ERRORS = (requests.RequestException, urllib3.exceptions.HTTPError, Conne
 # ...except those that no retry cures: a URL requests cannot use
 BAD_URL = (requests.exceptions.InvalidURL, requests.exceptions.MissingSchema,
            requests.exceptions.InvalidSchema)
+LINK = "is a symbolic link; the cache will not write through it; remove it"
+# Windows has no O_NOFOLLOW (links there need privileges); O_BINARY exists only there
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+BINARY = getattr(os, "O_BINARY", 0)
 
 
 class _Retry(Exception):
@@ -62,10 +70,12 @@ def download(
     ``.part`` file stays, so the next call resumes it.
     """
     dest = Path(dest)
+    part = dest.with_name(dest.name + ".part")
+    _refuse_link(dest)  # before is_file(), which would follow it
+    _refuse_link(part)
     if dest.is_file() and _problem(dest, md5, size, sha256_prefix) is None:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(dest.name + ".part")
     own = session is None
     session = session or requests.Session()
     try:
@@ -74,12 +84,20 @@ def download(
     finally:
         if own:
             session.close()
+    _refuse_link(part)  # one planted during the transfer must not be renamed into the cache
     problem = _problem(part, md5, size, sha256_prefix)
     if problem:
         part.unlink(missing_ok=True)  # a corrupt file must not be resumed or used
         raise where(url, f"{dest.name}: {problem}; deleted the download, run again to fetch it anew")
+    _refuse_link(dest)
     os.replace(part, dest)  # atomic: readers see no file or the whole verified one
     return dest
+
+
+def _refuse_link(path: Path) -> None:
+    """A UserError if `path` is a symbolic link (dangling or not); nothing if it is not."""
+    if os.path.islink(path):
+        raise where(path, LINK)
 
 
 def retrying(attempt, url: str, retries: int = 5, backoff: float = 1.0):
@@ -117,6 +135,7 @@ def get_json(session, url: str, payload: dict, retries: int = 5, backoff: float 
 
 def _fetch(session, url: str, part: Path, size, chunk: int, progress, timeout) -> None:
     """One attempt: append to `part` from where it ends; raise `_Retry` if the body was cut."""
+    _refuse_link(part)  # stat() and exists() below follow links
     have = part.stat().st_size if part.exists() else 0
     if size is not None and have > size:  # longer than the file can be: start again
         part.unlink()
@@ -142,7 +161,7 @@ def _fetch(session, url: str, part: Path, size, chunk: int, progress, timeout) -
 def _stream(resp, part: Path, start: int, chunk: int, progress, total) -> int:
     """Write the body to `part` from byte `start` (append or truncate); return bytes on disk."""
     done = start
-    with open(part, "ab" if start else "wb") as f:
+    with _open_part(part, append=bool(start)) as f:
         # raw.stream, not iter_content: never undo a Content-Encoding the file was stored with
         for block in resp.raw.stream(chunk, decode_content=False):
             f.write(block)
@@ -150,6 +169,37 @@ def _stream(resp, part: Path, start: int, chunk: int, progress, total) -> int:
             if progress:
                 progress(done, total)
     return done
+
+
+def _open_part(part: Path, append: bool):
+    """`part` for writing, never through a link: appended to, or created anew (O_EXCL).
+
+    The checks before are not enough on their own: a link planted between them and the open
+    would be followed. O_NOFOLLOW refuses a link at the open itself, and O_CREAT | O_EXCL fails
+    on any existing name, a link included.
+    """
+    flags = os.O_WRONLY | NOFOLLOW | BINARY
+    if append:
+        flags |= os.O_APPEND
+    else:
+        _refuse_link(part)
+        part.unlink(missing_ok=True)  # an old partial file; unlink never follows a link
+        flags |= os.O_CREAT | os.O_EXCL
+    try:
+        fd = os.open(part, flags, 0o644)
+    except OSError as err:
+        if err.errno == errno.ELOOP or os.path.islink(part):
+            raise where(part, LINK) from None
+        raise where(part, f"cannot open for writing: {err.strerror or err}") from None
+    return _refuse_hard_links(fd, part)
+
+
+def _refuse_hard_links(fd: int, part: Path):
+    """The open file, unless it has other names: a hard link writes through like a symlink."""
+    if os.fstat(fd).st_nlink > 1:
+        os.close(fd)
+        raise where(part, "has other hard links; the cache will not write through it; remove it")
+    return os.fdopen(fd, "wb")
 
 
 def _resume_offset(resp, have: int) -> int:

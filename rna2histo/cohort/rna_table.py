@@ -4,13 +4,15 @@ Used by every source that takes expression from a file (folder, tcga). The table
 patient: the first column is the patient id, every other column a gene symbol. TCGA sample
 barcodes (``TCGA-A1-A0SK-01A-12R-A084-07``) are reduced to the 12-character patient id
 (``TCGA-A1-A0SK``), so that RNA rows and image folders named after different samples of one
-patient meet. Every problem with the file is a one-line `UserError` that names the file and,
-for a bad value, its row and column.
+patient meet. Ids are Unicode-normalised (NFC) wherever they are read, so that 'Müller' typed
+in a table meets a macOS folder of the same name (stored decomposed, NFD). Every problem with
+the file is a one-line `UserError` that names the file and, for a bad value, its row and column.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
@@ -27,10 +29,31 @@ _TCGA = re.compile(r"^(TCGA-[A-Z0-9]{2}-[A-Z0-9]{4})(?:[-._]|$)", re.IGNORECASE)
 
 
 def patient_id(barcode) -> str:
-    """The patient of a sample: a TCGA barcode's first 12 characters, other ids stripped."""
-    text = str(barcode).strip()
+    """The patient of a sample: a TCGA barcode's first 12 characters, other ids stripped; NFC."""
+    text = nfc(barcode).strip()
     match = _TCGA.match(text)
     return match.group(1).upper() if match else text
+
+
+def nfc(text) -> str:
+    """`text` in Unicode normal form C: one spelling of ids that look alike ('ü', 'u' + '¨')."""
+    return unicodedata.normalize("NFC", str(text))
+
+
+def check_normalisation(ids, place) -> None:
+    """A UserError naming two of `ids` that differ only in Unicode normalisation, if any.
+
+    Once normalised they would be one patient; which RNA or images belong to whom is then a
+    guess, so the user must rename one. `place` (a path or URL) prefixes the message.
+    """
+    seen: dict[str, str] = {}
+    for raw in map(str, ids):
+        first = seen.setdefault(nfc(raw), raw)
+        if first != raw:  # same key, different spelling
+            # ascii(): both would print identically; the escapes show how they differ
+            raise where(place, f"patient ids {first!a} and {raw!a} differ only in "
+                               "Unicode normalisation (NFC vs NFD), so would be one patient; "
+                               "rename one")
 
 
 def counted(items, limit: int = LISTED) -> dict:
@@ -147,6 +170,7 @@ def _to_expression(raw: pd.DataFrame, path: Path) -> pd.DataFrame:
     missing = (ids.isna() | (ids.astype(str).str.strip() == "")).to_numpy()
     if missing.any():
         raise where(path, f"data row {int(np.flatnonzero(missing)[0]) + 1} has no patient id")
+    check_normalisation((str(i).strip() for i in ids), path)
     ids = pd.Index([patient_id(i) for i in ids], name="patient_id", dtype=object)
     dup = list(dict.fromkeys(ids[ids.duplicated()]))
     if dup:

@@ -35,7 +35,7 @@ from . import gdc, xena
 from .folder import TILE_COLUMNS
 from .format import CohortWriter, check_output
 from .http import safe_name
-from .rna_table import clean_rna, counted
+from .rna_table import clean_rna, counted, nfc
 from .split import split_patients
 
 TARGET_MPP = 0.5  # tiles are cut at 20x
@@ -108,6 +108,8 @@ def read_record(cache: Path, file_id: str) -> dict | None:
     done = json.loads(record.read_text())
     if done.get("status") == "tiled" and not tiles.exists():
         return None  # the tiles were lost: redo the slide
+    if "patient_id" in done:  # NFC like the RNA it joins; a cache from older code may differ
+        done["patient_id"] = nfc(done["patient_id"])
     return done
 
 

@@ -19,7 +19,7 @@ import pandas as pd
 
 from ..errors import where
 from . import http
-from .rna_table import _few, _one_line, counted, patient_id
+from .rna_table import _few, _one_line, check_normalisation, counted, nfc, patient_id
 
 XENA_HUB = "https://tcga-xena-hub.s3.us-east-1.amazonaws.com/download"
 
@@ -110,7 +110,9 @@ def _header(path: Path, compression) -> list[str]:
         line = f.readline().rstrip("\r\n")
     if not line:
         raise where(path, "the file is empty")
-    names = [n.strip() for n in line.split("\t")[1:]]
+    raw = [n.strip() for n in line.split("\t")[1:]]
+    check_normalisation(raw, path)
+    names = [nfc(n) for n in raw]  # NFC as every id the project reads: RNA and slides meet
     if not names:
         raise where(path, "no sample columns: expected a tab-separated genes x samples matrix")
     bad = [n for n in names if not _SAMPLE.match(n)]
