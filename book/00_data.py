@@ -43,6 +43,12 @@ keep_slides = True  # tcga: keep the downloaded slides; False deletes each once 
 cache_dir = ""  # tcga: downloads and per-slide records; empty means next to cohort_dir
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 import pandas as pd
 
 from rna2histo import plots

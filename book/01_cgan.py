@@ -120,6 +120,12 @@ loss = "bce"  # the game: "bce" with smoothed labels (the study) or "hinge"
 d_patch = 0  # 0: D judges whole tiles (the study); k: also each position of its k-th map
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit

@@ -52,6 +52,12 @@ lr = 1e-4  # Adam learning rate (the study: 1e-4)
 upsample = "transposed"  # decoder up-sampling: "transposed" (the study) or "resize" (no checkerboard)
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit

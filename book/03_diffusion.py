@@ -67,6 +67,12 @@ lr = 1e-4  # AdamW learning rate (the study: 1e-4)
 prediction = "eps"  # what the U-Net outputs: "eps", the noise (the study), or "v" (see the objective)
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit

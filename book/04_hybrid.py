@@ -82,6 +82,12 @@ d_patch = 0  # 0: D judges whole tiles (the study); k: also each position of its
 g_depth = 1  # convs per resolution in the decoder: 1 (the study); 2 as in chapter 01
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit

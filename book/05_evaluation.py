@@ -67,6 +67,12 @@ perceptual = "auto"  # LPIPS: "auto" (when the AlexNet weights are present), "lp
 inception_weights = ""  # a weights file for FID/KID; empty: the pretrained InceptionV3 of torch-fidelity
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 import pandas as pd
 
 from rna2histo import plots, weights

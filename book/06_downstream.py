@@ -62,6 +62,12 @@ seed = 0  # seeds the latents, generation, patient subsets, classifiers and boot
 device = "auto"  # "auto" picks cuda, then mps, then cpu
 
 # %%
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()
+
+# %%
 import pandas as pd
 
 from rna2histo import downstream, encoder_comparison, plots

@@ -19,6 +19,7 @@ import yaml
 
 from .errors import UserError, is_number, where
 from .paths import PARAMS, ROOT
+from .settings import check_training, default_kind_error
 
 BUILD = ROOT / "_build"
 
@@ -82,9 +83,17 @@ def training_parameters(model: str, path: Path) -> dict:
     for key, value in values.items():
         if key not in defaults:
             raise where(path, f"unknown parameter {key!r}; chapter {notebook.stem} has {', '.join(defaults)}")
-        if is_number(defaults[key]) and not is_number(value):
+        if is_number(defaults[key]) and isinstance(value, str):
             raise where(path, f"{key}: expected a number, got {value!r}" + YAML_EXPONENT_HINT)
-    return {**defaults, **values}
+        mismatch = default_kind_error(key, value, defaults[key])  # true, 1.5 where the default is whole, .nan
+        if mismatch:
+            raise where(path, mismatch)
+    params = {**defaults, **values}
+    try:  # ranges, and the model's fields, before a cohort is built or a model trained
+        check_training(model, params)
+    except UserError as err:
+        raise where(path, str(err)) from None
+    return params
 
 
 # YAML 1.1 (PyYAML) reads 2e-4 as text: it takes a float only with a decimal point, 2.0e-4.

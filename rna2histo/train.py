@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import inspect
 import math
 import random
 import resource
@@ -51,6 +52,7 @@ from .runs import (
     write_json,
     write_metrics,
 )
+from .settings import check_fit
 
 CLIP_NORM = 1.0  # the study's gradient-norm clipping
 
@@ -324,10 +326,13 @@ def fit(
     params.update(cohort_dir=str(cohort_dir), run_dir=str(run_dir or RUNS / model / "default"), options=options)
     if not train:
         return trained_run(model, resolve(params["run_dir"]), progress)
-    if epochs < 1 or batch_size < 1:
-        raise UserError(f"epochs and batch_size must be >= 1 (got {epochs}, {batch_size})")
+    check_fit(params)  # every number, the model's too, before any work
     with distributed.session(pick_device(device)) as world:
         return _fit(params, options, world)
+
+
+# fit's named settings; the rest of a chapter's parameters are the model's config fields
+FIT_KEYWORDS = frozenset(inspect.signature(fit).parameters) - {"options"}
 
 
 def _fit(params: dict, options: dict, world: World) -> Path:

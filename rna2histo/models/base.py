@@ -23,11 +23,23 @@ A batch is ``(x, c, p)``: images (B, 3, S, S) in [-1, 1], normalised RNA (B, G),
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import ClassVar
+from typing import ClassVar, get_args, get_origin, get_type_hints
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+
+from ..settings import (
+    ANY,
+    AT_LEAST_ONE,
+    NON_NEGATIVE,
+    OPEN_UNIT,
+    POSITIVE,
+    UNIT,
+    Range,
+    check_number,
+    number_error,
+)
 
 
 @dataclass
@@ -41,7 +53,7 @@ class ModelConfig:
 
     @classmethod
     def preset(cls, name: str, **overrides) -> ModelConfig:
-        from ..errors import UserError, is_number
+        from ..errors import UserError
 
         if name not in cls.PRESETS:
             raise UserError(f"unknown model_size {name!r}; expected one of {', '.join(cls.PRESETS)}")
@@ -49,12 +61,16 @@ class ModelConfig:
         unknown = set(overrides) - known
         if unknown:
             raise UserError(f"unknown {cls.__name__} fields: {', '.join(sorted(unknown))}")
-        defaults = cls()
-        for key, value in overrides.items():  # e.g. lr "2e-4", which YAML reads as text
-            default = getattr(defaults, key)
-            if isinstance(default, float) and not is_number(value):
-                raise UserError(f"{cls.__name__}.{key}: expected a number, got {value!r}")
-        return cls(**{**cls.PRESETS[name], **overrides})
+        cfg = cls(**{**cls.PRESETS[name], **overrides})
+        cfg.check_numbers()  # e.g. lr "2e-4" (YAML reads it as text), nan, -1, or 1.5 for a size
+        return cfg
+
+    def check_numbers(self) -> None:
+        """One-line errors for a numeric field of the wrong kind or outside its range (`FIELD_RANGES`)."""
+        hints = get_type_hints(type(self))
+        for f in fields(self):
+            label, allowed = f"{type(self).__name__}.{f.name}", FIELD_RANGES.get(f.name, ANY)
+            check_field(label, getattr(self, f.name), hints[f.name], allowed)
 
     @classmethod
     def from_saved(cls, saved: dict) -> ModelConfig:
@@ -70,6 +86,50 @@ class ModelConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+# The allowed range of every numeric config field of the four models (a tuple field: of each
+# entry); a numeric field missing here need only be finite. Ranges exclude only what cannot
+# work: a size of 0, a negative loss weight, a learning rate <= 0, a probability above 1.
+FIELD_RANGES: dict[str, Range] = {
+    **dict.fromkeys(  # sizes, widths, depths and counts
+        ("n_genes", "image_size", "z_dim", "rna_widths", "d_channels", "d_hidden", "g_channels",
+         "enc_channels", "dec_channels", "g_depth", "lr_step", "base_channels", "channel_mults",
+         "groups", "time_dim", "timesteps", "sample_steps"), AT_LEAST_ONE),
+    # loss weights (0 turns a term off), indices (0 = off for d_patch), DDIM's eta, a seed;
+    # blocks: 0 residual blocks per level still builds a working U-Net
+    **dict.fromkeys(
+        ("beta", "w_diverse", "w_adv", "w_recon", "w_perc", "w_kl", "w_feat", "weight_decay",
+         "d_patch", "attention_levels", "blocks", "eta", "val_seed"), NON_NEGATIVE),
+    **dict.fromkeys(("lr", "lr_g", "lr_d", "lr_gamma"), POSITIVE),  # lr_gamma 0 would stop learning
+    # probabilities, BCE's target labels, the EMA's decay
+    **dict.fromkeys(("d_dropout", "dropout", "cond_dropout", "real_label", "fake_label", "ema_decay"), UNIT),
+    # the noise schedule's betas: 1 would make alpha_bar 0 and x_0 unrecoverable
+    **dict.fromkeys(("beta_start", "beta_end"), OPEN_UNIT),
+    "betas": Range(0, 1, high_open=True),  # Adam's: torch refuses 1 and above
+    "guidance": ANY,  # s < 1 (even < 0) is weaker (negative) guidance, still defined
+}
+
+
+def check_field(label: str, value, hint, allowed: Range) -> None:
+    """A number field (int or float) or a tuple of them; other fields (text, bools) pass."""
+    if hint in (int, float):
+        check_number(label, value, hint, allowed)
+    elif get_origin(hint) is tuple and get_args(hint)[0] in (int, float):
+        _check_tuple(label, value, get_args(hint), allowed)
+
+
+def _check_tuple(label: str, value, args: tuple, allowed: Range) -> None:
+    """``tuple[int, ...]`` (any length) or ``tuple[float, float]`` (that many); YAML gives lists."""
+    kind, length = args[0], None if Ellipsis in args else len(args)
+    entries_ok = isinstance(value, (list, tuple)) and (length is None or len(value) == length)
+    if entries_ok and not any(number_error(label, v, kind, allowed) for v in value):
+        return
+    count = "a list of" if length is None else str(length)
+    what = "whole numbers" if kind is int else "finite numbers"
+    from ..errors import UserError
+
+    raise UserError(f"{label}: expected {count} {what}{allowed.describe()}, got {value!r}")
 
 
 class Generator(nn.Module):

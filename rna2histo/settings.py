@@ -1,0 +1,212 @@
+"""Checks of what a user sets, made before any work starts, each refusal one line naming the setting.
+
+- `check_number`: one number against its kind (whole or finite) and range; the model configs
+  (`rna2histo.models.base.ModelConfig.preset`) and the training loop (`check_fit`) use it.
+- `check_parameters`: called by the cell after each chapter's ``parameters`` cell, it refuses
+  names that papermill injected but the chapter does not declare (papermill itself only warns,
+  so ``-p epochz 1`` would run the defaults), and values whose type differs from the default's.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import math
+import numbers
+from dataclasses import dataclass
+
+from .errors import UserError
+
+
+@dataclass(frozen=True)
+class Range:
+    """An interval of allowed values; `low_open` / `high_open` exclude the bound itself."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value) -> bool:
+        above = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def describe(self) -> str:
+        """" > 0", " >= 1", " in [0, 1)" or "" (any value)."""
+        if self.high is None:
+            return "" if self.low is None else f" {'>' if self.low_open else '>='} {self.low:g}"
+        if self.low is None:
+            return f" {'<' if self.high_open else '<='} {self.high:g}"
+        return f" in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}{')' if self.high_open else ']'}"
+
+
+ANY = Range()
+POSITIVE = Range(0, low_open=True)  # learning rates, factors
+NON_NEGATIVE = Range(0)  # loss weights, seeds, indices
+AT_LEAST_ONE = Range(1)  # counts, sizes, widths
+UNIT = Range(0, 1)  # probabilities, labels, decays
+OPEN_UNIT = Range(0, 1, low_open=True, high_open=True)
+
+
+def is_whole(value) -> bool:
+    """An int (numpy's too), not a bool (True would pass as 1) and not a float such as 1.5 or 2.0."""
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def is_real(value) -> bool:
+    """An int or float (numpy's too), not a bool and not text: YAML reads 2e-4 as text."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def number_error(name: str, value, kind: type, allowed: Range = ANY) -> str | None:
+    """Why `value` is not a valid `kind` (int or float) in `allowed`, or None if it is."""
+    if kind is int:
+        if not (is_whole(value) and allowed.holds(value)):
+            return f"{name}: expected a whole number{allowed.describe()}, got {value!r}"
+        return None
+    if not is_real(value):
+        return f"{name}: expected a number, got {value!r}"
+    if not (math.isfinite(value) and allowed.holds(value)):
+        return f"{name}: expected a finite number{allowed.describe()}, got {value!r}"
+    return None
+
+
+def check_number(name: str, value, kind: type, allowed: Range = ANY) -> None:
+    """Raise a one-line `UserError` unless `value` is a valid `kind` (int or float) in `allowed`."""
+    error = number_error(name, value, kind, allowed)
+    if error:
+        raise UserError(error)
+
+
+# fit's own numeric keywords (the model's go to its config, checked by ModelConfig.preset)
+FIT_SETTINGS: dict[str, tuple[type, Range]] = {
+    "epochs": (int, AT_LEAST_ONE),
+    "batch_size": (int, AT_LEAST_ONE),
+    "ckpt_every": (int, AT_LEAST_ONE),  # epoch % ckpt_every: 0 would divide by zero
+    "seed": (int, NON_NEGATIVE),  # numpy's SeedSequence refuses negative seeds
+    "sample_patients": (int, AT_LEAST_ONE),  # a sample grid needs at least one patient
+    "rna_latent": (int, AT_LEAST_ONE),
+    "rna_beta": (float, NON_NEGATIVE),  # a KL weight; 0 leaves a plain autoencoder
+}
+
+
+def check_fit(params: dict) -> None:
+    """The training loop's settings (fit's keywords, in `params`), and the model's config
+    overrides in ``params["options"]``, before any data is read or latent fitted."""
+    for name, (kind, allowed) in FIT_SETTINGS.items():
+        if name in params:
+            check_number(name, params[name], kind, allowed)
+    workers = params.get("workers", "auto")
+    if workers not in (None, "auto") and number_error("workers", workers, int, NON_NEGATIVE):
+        raise UserError(f"workers: expected 'auto' or a whole number >= 0, got {workers!r}")
+    if "model" in params:
+        _check_model_options(params["model"], params.get("model_size", "small"), params.get("options", {}))
+
+
+def check_training(model: str, params: dict) -> None:
+    """A model chapter's parameters (`rna2histo.book.training_parameters`) as fit will take them:
+    its keywords, and the rest (z_dim, lr, ...) as the model's config overrides."""
+    from .train import FIT_KEYWORDS as keywords
+
+    check_number("image_size", params.get("image_size", 1), int, AT_LEAST_ONE)
+    options = {k: v for k, v in params.items() if k not in keywords and k != "image_size"}
+    check_fit({**{k: v for k, v in params.items() if k in keywords}, "model": model, "options": options})
+
+
+def _check_model_options(model: str, model_size: str, options: dict) -> None:
+    """Build the model's config (not the model): unknown fields, model_size and numbers refused."""
+    from .models import model_class
+
+    model_class(model).Config.preset(model_size, **options)
+
+
+# --- a chapter's parameters, as papermill injected them -------------------------------------
+
+INJECTED_HEADER = "# Parameters"  # the first line of the cell papermill inserts after "parameters"
+
+# The cell every chapter has right after its parameters cell (tests/test_parameters_hostile.py)
+CHECK_CELL = """\
+# papermill only warns of a parameter this chapter does not declare, then runs the defaults
+from rna2histo.settings import check_parameters
+
+check_parameters()"""
+
+
+def check_parameters() -> None:
+    """Refuse injected parameters the chapter does not declare, or of another type than its default.
+
+    Called by the cell right after the chapter's ``parameters`` cell. Under papermill (the CLI or
+    `rna2histo.book.execute`) the cells run before it are, in IPython's input history, the
+    parameters cell and then papermill's injected cell, headed ``# Parameters``. In a plain run
+    (Jupyter, nbval, no parameters given) the cell before is the parameters cell: nothing to check.
+    """
+    history = _input_history()
+    if history is None or len(history) < 3 or not history[-2].lstrip().startswith(INJECTED_HEADER):
+        return
+    declared, injected = assigned(history[-3]), assigned(history[-2])
+    unknown = [name for name in injected if name not in declared]
+    if unknown:
+        raise UserError(unknown_message(unknown, list(declared)))
+    from IPython import get_ipython
+
+    namespace = get_ipython().user_ns  # the injected values, as the kernel evaluated them
+    for name in injected:
+        check_like_default(name, namespace.get(name), declared[name])
+
+
+def _input_history() -> list[str] | None:
+    """The sources of the cells executed so far, the current one last; None outside IPython."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return None
+    shell = get_ipython()
+    if shell is None or "In" not in shell.user_ns:
+        return None
+    return list(shell.user_ns["In"])
+
+
+def assigned(source: str) -> dict:
+    """The names a cell assigns at top level, with their literal values (None where not literal)."""
+    names = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+            targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+            for target in targets:
+                if isinstance(target, ast.Name):
+                    names[target.id] = _literal(node.value)
+    return names
+
+
+def _literal(node: ast.expr):
+    try:
+        return ast.literal_eval(node)
+    except ValueError:
+        return None  # e.g. papermill's float('nan'): the kernel's value is checked instead
+
+
+def unknown_message(unknown: list[str], known: list[str]) -> str:
+    """One line: each unknown name with the known names closest to it, then every known name."""
+    parts = []
+    for name in unknown:
+        close = difflib.get_close_matches(name, known, n=3)
+        hint = f" (did you mean {' or '.join(repr(c) for c in close)}?)" if close else ""
+        parts.append(f"{name!r}{hint}")
+    noun = "parameter" if len(unknown) == 1 else "parameters"
+    return f"unknown {noun} {', '.join(parts)}; this chapter takes: {', '.join(known)}"
+
+
+def default_kind_error(name: str, value, default) -> str | None:
+    """Why `value` cannot stand for a numeric `default`: whole where the default is, finite always."""
+    if is_whole(default):
+        return number_error(name, value, int)
+    if is_real(default):
+        return number_error(name, value, float)
+    return None
+
+
+def check_like_default(name: str, value, default) -> None:
+    error = default_kind_error(name, value, default)
+    if error:
+        raise UserError(error)
