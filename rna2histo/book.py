@@ -140,13 +140,19 @@ def execute(profile: str = "demo", only: list[str] | None = None) -> list[Path]:
             continue
         print(f"running {notebook.name} with params/{profile}/{notebook.stem}.yaml", flush=True)
         target = out_dir / notebook.name
-        papermill.execute_notebook(
-            str(notebook),
-            str(target),
-            parameters=profile_parameters(profile, notebook),
-            cwd=str(notebook.parent),
-            progress_bar=False,
-        )
+        try:
+            papermill.execute_notebook(
+                str(notebook),
+                str(target),
+                parameters=profile_parameters(profile, notebook),
+                cwd=str(notebook.parent),
+                progress_bar=False,
+            )
+        except papermill.PapermillExecutionError as err:
+            if err.ename != "UserError":  # a bug: papermill's traceback is what a developer needs
+                raise
+            # bad input (a profile's value, a cohort): the chapter's one line, not the kernel's traceback
+            raise where(f"{notebook.name} with params/{profile}", err.evalue) from None
         done.append(target)
     return done
 

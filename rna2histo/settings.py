@@ -4,7 +4,8 @@
   (`rna2histo.models.base.ModelConfig.preset`) and the training loop (`check_fit`) use it.
 - `check_parameters`: called by the cell after each chapter's ``parameters`` cell, it refuses
   names that papermill injected but the chapter does not declare (papermill itself only warns,
-  so ``-p epochz 1`` would run the defaults), and values whose type differs from the default's.
+  so ``-p epochz 1`` would run the defaults), values whose type differs from the default's, and
+  numbers outside their `CHAPTER_RANGES` entry.
 """
 
 from __future__ import annotations
@@ -153,6 +154,7 @@ def check_parameters() -> None:
     namespace = get_ipython().user_ns  # the injected values, as the kernel evaluated them
     for name in injected:
         check_like_default(name, namespace.get(name), declared[name])
+        check_range(name, namespace.get(name))
 
 
 def _input_history() -> list[str] | None:
@@ -204,6 +206,33 @@ def default_kind_error(name: str, value, default) -> str | None:
     if is_real(default):
         return number_error(name, value, float)
     return None
+
+
+# The ranges of the chapters' numeric parameters, by name (one name per concept across the
+# chapters): chapter 00's cohort, 05's evaluation, 06's downstream experiment; the model
+# chapters' own go through fit (FIT_SETTINGS) and the model's config (FIELD_RANGES) as well.
+CHAPTER_RANGES: dict[str, Range] = {
+    **{name: allowed for name, (_, allowed) in FIT_SETTINGS.items()},
+    **dict.fromkeys(("patients", "tiles_per_patient", "image_size", "genes", "tile_size", "n_per_patient",
+                     "n_pairs", "n_fid", "n_boot", "classifier_steps", "classifier_batch", "sample_steps"),
+                    AT_LEAST_ONE),
+    "workers": AT_LEAST_ONE,  # chapter 00: slides tiled in parallel (fit's own is checked by check_fit)
+    "scale": POSITIVE,
+    # 0 means "all" (max_patients), "the chapter's" (comparison_epochs), "as many as real" (synthetic_)
+    **dict.fromkeys(("max_patients", "comparison_epochs", "synthetic_per_patient"), NON_NEGATIVE),
+    "fractions": Range(0, 1, low_open=True),  # shares of the training patients
+}
+
+
+def check_range(name: str, value) -> None:
+    """A chapter parameter (a number, or a list of them) inside its `CHAPTER_RANGES` entry."""
+    allowed = CHAPTER_RANGES.get(name)
+    if allowed is None:
+        return
+    for entry in value if isinstance(value, (list, tuple)) else [value]:
+        if is_real(entry) and not allowed.holds(entry):
+            raise UserError(f"{name}: expected {'values' if entry is not value else 'a value'}"
+                            f"{allowed.describe()}, got {value!r}")
 
 
 def check_like_default(name: str, value, default) -> None:
