@@ -8,11 +8,11 @@ with one line on stderr (``error: <where>: <what>``) and exit status 2, never a 
 from __future__ import annotations
 
 import argparse
-import math
 import sys
 from pathlib import Path
 
 from .errors import UserError
+from .settings import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, Range, number_error
 
 
 def resolve(path) -> Path:
@@ -20,26 +20,25 @@ def resolve(path) -> Path:
     return Path(path).expanduser().resolve()
 
 
-def _number(kind, low: float, strict: bool):
-    """An argparse type: a `kind` (int or float) that is finite and above `low` (or at least it)."""
-    relation = ">" if strict else ">="
+def _number(kind, allowed: Range):
+    """An argparse type: a `kind` (int or float), finite, in `allowed`; refused as the settings are."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'a whole number' if kind is int else 'a number'}, "
-                                             f"got {text!r}") from None
-        if not math.isfinite(value) or (value <= low if strict else value < low):
-            raise argparse.ArgumentTypeError(f"expected a finite number {relation} {low:g}, got {text!r}")
+            value = text  # refused below as "expected a whole number ..., got '1.5'"
+        error = number_error("value", value, kind, allowed)
+        if error:
+            raise argparse.ArgumentTypeError(error.removeprefix("value: "))
         return value
 
     return parse
 
 
-COUNT = _number(int, 1, strict=False)  # how many of something: >= 1
-INDEX = _number(int, 0, strict=False)  # a seed: >= 0
-SCALE = _number(float, 0, strict=True)  # a factor or size: > 0
+COUNT = _number(int, AT_LEAST_ONE)  # how many of something
+INDEX = _number(int, NON_NEGATIVE)  # a seed
+SCALE = _number(float, POSITIVE)  # a factor or size
 
 
 def _cohort_commands(sub) -> None:
@@ -180,7 +179,7 @@ def _generate_command(sub) -> None:
     gen.add_argument("--n", type=COUNT, default=7, help="tiles per profile (default 7, as in the study)")
     gen.add_argument("--out", required=True, help="folder for the PNG tiles and index.csv")
     gen.add_argument("--seed", type=INDEX, default=0)
-    gen.add_argument("--guidance", type=_number(float, 0, strict=False), default=None, help="diffusion: guidance scale")
+    gen.add_argument("--guidance", type=_number(float, NON_NEGATIVE), default=None, help="diffusion: guidance scale")
     gen.add_argument("--checkpoint", default="best", help="best, last or epoch_NNN")
     gen.add_argument("--overwrite", action="store_true",
                      help="replace the tiles of an earlier generate in --out (other files stay)")

@@ -40,11 +40,15 @@ def chapter_parameters(notebook: Path) -> dict:
     return {name: ast.literal_eval(spec["default"]) for name, spec in inferred.items()}
 
 
-def profile_parameters(profile: str, notebook: Path) -> dict:
-    """The profile's parameters for one chapter (empty when the profile has no file for it)."""
-    path = PARAMS / profile / f"{notebook.stem}.yaml"
+def profile_dir(profile: str) -> Path:
     if not (PARAMS / profile).is_dir():
         raise UserError(f"no profile {profile!r}: {PARAMS / profile} does not exist")
+    return PARAMS / profile
+
+
+def profile_parameters(profile: str, notebook: Path) -> dict:
+    """The profile's parameters for one chapter (empty when the profile has no file for it)."""
+    path = profile_dir(profile) / f"{notebook.stem}.yaml"
     if not path.exists():
         return {}
     return read_parameters(path)
@@ -132,6 +136,7 @@ def execute(profile: str = "demo", only: list[str] | None = None) -> list[Path]:
     """Run the chapters top to bottom with a profile's parameters into ``_build/executed``."""
     import papermill
 
+    profile_dir(profile)  # before the first chapter says it is running
     out_dir = BUILD / "executed" / "book"
     out_dir.mkdir(parents=True, exist_ok=True)
     done = []

@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from rna2histo.cohort.format import FORMAT_VERSION
 
 
@@ -41,3 +43,17 @@ def test_info_describes_a_cohort(tiny_cohort):
     assert result.returncode == 0, result.stderr
     assert "patients 10, tiles 30, genes 20" in result.stdout
     assert "train 6 patients / 18 tiles" in result.stdout
+
+
+@pytest.mark.parametrize("args, message", [
+    (["cohort", "synthetic", "--out", "c", "--patients", "1.5"], "--patients: expected a whole number >= 1, got '1.5'"),
+    (["cohort", "synthetic", "--out", "c", "--patients", "0"], "--patients: expected a whole number >= 1, got 0"),
+    (["cohort", "synthetic", "--out", "c", "--seed", "-1"], "--seed: expected a whole number >= 0, got -1"),
+    (["cohort", "folder", "--rna", "r", "--images", "i", "--out", "c", "--scale", "nan"],
+     "--scale: expected a finite number > 0, got nan"),
+    (["generate", "--run", "r", "--rna", "r", "--out", "o", "--guidance", "x"], "--guidance: expected a number, got 'x'"),
+])
+def test_numeric_flags_are_refused_with_their_range(tmp_path, args, message):
+    result = subprocess.run([sys.executable, "-m", "rna2histo", *args], capture_output=True, text=True, cwd=tmp_path)
+    assert_one_line_error(result, message)
+    assert list(tmp_path.iterdir()) == []
