@@ -17,9 +17,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError, is_number, where
+from .errors import UserError, where
 from .paths import PARAMS, ROOT
-from .settings import check_training, default_kind_error
+from .settings import check_training, default_kind_error, is_real
 
 BUILD = ROOT / "_build"
 
@@ -87,7 +87,7 @@ def training_parameters(model: str, path: Path) -> dict:
     for key, value in values.items():
         if key not in defaults:
             raise where(path, f"unknown parameter {key!r}; chapter {notebook.stem} has {', '.join(defaults)}")
-        if is_number(defaults[key]) and isinstance(value, str):
+        if is_real(defaults[key]) and isinstance(value, str):
             raise where(path, f"{key}: expected a number, got {value!r}" + YAML_EXPONENT_HINT)
         mismatch = default_kind_error(key, value, defaults[key])  # true, 1.5 where the default is whole, .nan
         if mismatch:

@@ -12,7 +12,3 @@ def where(path, message: str) -> UserError:
     """A `UserError` whose message starts with the offending path."""
     return UserError(f"{path}: {message}")
 
-
-def is_number(value) -> bool:
-    """An int or float, not a bool and not text: YAML reads 2e-4 (no decimal point) as text."""
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
