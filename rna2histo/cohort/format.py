@@ -288,12 +288,14 @@ def _swap_into_place(tmp: Path, out: Path) -> None:
             os.replace(out / name, tmp / name)
             moved.append(name)
         os.replace(out, old / "cohort")
-    except BaseException:  # Ctrl-C included: the user's files go back before tmp is discarded
+        os.replace(tmp, out)
+    except BaseException:  # Ctrl-C included: the old cohort and the user's files go back before tmp is discarded
+        if not out.exists():
+            os.replace(old / "cohort", out)
         for name in moved:
             os.replace(tmp / name, out / name)
         old.rmdir()
         raise
-    os.replace(tmp, out)
     shutil.rmtree(old, ignore_errors=True)
 
 
