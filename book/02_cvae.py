@@ -6,7 +6,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # # The conditional VAE
 #
 # ## Overview
@@ -41,6 +41,7 @@ seed = 0  # seeds initialisation, batches, augmentation and noise
 resume = False  # continue from the run's last checkpoint
 amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
 ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
+reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
 rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
@@ -51,30 +52,30 @@ beta = 0.1  # KL weight per pixel value (2 sigma_x^2; 0.1 means sigma_x ~ 0.22)
 lr = 1e-4  # Adam learning rate (the study: 1e-4)
 upsample = "transposed"  # decoder up-sampling: "transposed" (the study) or "resize" (no checkerboard)
 
-# %%
+# %% tags=[]
 # papermill only warns of a parameter this chapter does not declare, then runs the defaults
 from rna2histo.settings import check_parameters
 
 check_parameters()
 
-# %%
+# %% tags=[]
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit
 
-# %%
+# %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The architecture
 # Our two presets next to the study's count. At the study's 16,383 genes the three-layer RNA
 # MLP (16,383 x 2,048 first) holds about half of the parameters; the study's exact layer
 # widths are not given, so the `thesis` preset matches its total within 10%.
 
-# %%
+# %% tags=[]
 architecture_table("cvae", n_genes, image_size)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Training
 # The shared loop (`rna2histo.train.fit`) with the cVAE's single optimiser and step schedule.
 
@@ -91,6 +92,7 @@ run = fit(
     resume=resume,
     amp=amp,
     ckpt_every=ckpt_every,
+    reprediction_tiles=reprediction_tiles,
     z_dim=z_dim,
     beta=beta,
     lr=lr,
@@ -102,7 +104,7 @@ run = fit(
     train=train,
 )
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Losses
 # The validation loss is the training objective on held-out patients, decoding $z = \mu$.
 # Reconstruction falls steadily; the KL term rises as the encoder starts to use the latent.
@@ -111,17 +113,17 @@ run = fit(
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Real and generated tiles
 # Validation patients (rows): real tiles on the left, tiles decoded from the prior with the
 # patient's RNA on the right (`best` checkpoint). A VAE trained with a pixel MSE averages what
 # it cannot predict, so its samples are smoother than real tissue: the study's high SSIM for
 # the cVAE comes from this blur, not from realism.
 
-# %%
+# %% tags=[]
 trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Does it listen to the RNA?
 # Mean absolute pixel difference between tiles decoded from the same $z$ with different
 # patients' RNA, next to the same for gene-shuffled profiles (see the cGAN chapter).
@@ -129,7 +131,7 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # %% tags=["nbval-ignore-output"]
 chapter.conditioning(trained, cohort, seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Summary
 # - The cVAE is the study's second model: a likelihood instead of an adversary, stable to
 #   train, with smooth samples.

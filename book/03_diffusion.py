@@ -6,7 +6,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # # Conditional diffusion
 #
 # ## Overview
@@ -55,6 +55,7 @@ seed = 0  # seeds initialisation, batches, augmentation and noise
 resume = False  # continue from the run's last checkpoint
 amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
 ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
+reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
 rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
@@ -66,30 +67,30 @@ cond_dropout = 0.1  # probability of training without the RNA (enables guidance)
 lr = 1e-4  # AdamW learning rate (the study: 1e-4)
 prediction = "eps"  # what the U-Net outputs: "eps", the noise (the study), or "v" (see the objective)
 
-# %%
+# %% tags=[]
 # papermill only warns of a parameter this chapter does not declare, then runs the defaults
 from rna2histo.settings import check_parameters
 
 check_parameters()
 
-# %%
+# %% tags=[]
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit
 
-# %%
+# %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The architecture
 # The trained parameters of our two presets (the EMA copy is not counted). The study gives a
 # lower bound only ("more than 15M" for the U-Net): the `thesis` U-Net, four levels of 64,
 # 128, 128 and 256 channels with two residual blocks each, has 17.6M.
 
-# %%
+# %% tags=[]
 architecture_table("diffusion", n_genes, image_size)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Training
 # The shared loop (`rna2histo.train.fit`); the model updates its EMA after every step and
 # uses it for validation and sampling.
@@ -107,6 +108,7 @@ run = fit(
     resume=resume,
     amp=amp,
     ckpt_every=ckpt_every,
+    reprediction_tiles=reprediction_tiles,
     sample_steps=sample_steps,
     guidance=guidance,
     cond_dropout=cond_dropout,
@@ -119,7 +121,7 @@ run = fit(
     train=train,
 )
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Losses
 # The validation loss is the training objective ($\epsilon$-MSE, or $v$-MSE with
 # `prediction = "v"`) of the EMA weights at fixed, seeded timesteps and noise, so epochs are
@@ -131,17 +133,17 @@ run = fit(
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Real and generated tiles
 # Validation patients (rows): real tiles on the left, DDIM samples from the patient's RNA on
 # the right (`best` checkpoint, EMA weights). Diffusion needs far more steps than the GANs to
 # leave the noise: a smoke run of seconds shows the mechanics, the demo and thesis profiles
 # show the model.
 
-# %%
+# %% tags=[]
 trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Does it listen to the RNA?
 # The same starting noise with different patients' RNA (DDIM with $\eta = 0$ is deterministic
 # given the noise), next to gene-shuffled profiles (see the cGAN chapter).
@@ -149,7 +151,7 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # %% tags=["nbval-ignore-output"]
 chapter.conditioning(trained, cohort, seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Where does the grain come from?
 # Short runs draw grainy tiles. The sampler (few DDIM steps) or the denoiser (noise it has not
 # learnt to remove)? We noise real validation tiles to $x_t$ and run the same sampler back from
@@ -173,7 +175,7 @@ chapter.conditioning(trained, cohort, seed=seed)
 fig, ladder = chapter.denoising(trained, cohort, seed=seed)
 ladder
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Summary
 # - DDPM training, DDIM sampling with EMA weights, and classifier-free guidance with $s = 1$
 #   reproducing the study's plain conditional sampling.

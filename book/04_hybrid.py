@@ -6,7 +6,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # # The hybrid GAN-VAE
 #
 # ## Overview
@@ -64,6 +64,7 @@ seed = 0  # seeds initialisation, batches, augmentation and noise
 resume = False  # continue from the run's last checkpoint
 amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
 ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
+reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
 rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
 rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
 rna_beta = 1.0  # betavae: weight of the KL term
@@ -81,29 +82,29 @@ loss = "bce"  # the game: "bce" with smoothed labels (the study) or "hinge"
 d_patch = 0  # 0: D judges whole tiles (the study); k: also each position of its k-th map
 g_depth = 1  # convs per resolution in the decoder: 1 (the study); 2 as in chapter 01
 
-# %%
+# %% tags=[]
 # papermill only warns of a parameter this chapter does not declare, then runs the defaults
 from rna2histo.settings import check_parameters
 
 check_parameters()
 
-# %%
+# %% tags=[]
 from rna2histo import chapter
 from rna2histo.models import architecture_table
 from rna2histo.train import fit
 
-# %%
+# %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The architecture
 # The study reports no parameter count for its hybrid; ours follows from the cVAE encoder, the
 # cGAN decoder and discriminator at the study's sizes.
 
-# %%
+# %% tags=[]
 architecture_table("hybrid", n_genes, image_size)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Training
 # The shared loop (`rna2histo.train.fit`) with two optimisers, the discriminator's step first.
 
@@ -120,6 +121,7 @@ run = fit(
     resume=resume,
     amp=amp,
     ckpt_every=ckpt_every,
+    reprediction_tiles=reprediction_tiles,
     perceptual=perceptual,
     z_dim=z_dim,
     lr_g=lr_g,
@@ -138,7 +140,7 @@ run = fit(
     train=train,
 )
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Losses
 # The validation loss is the VAE side's reconstruction objective on held-out patients
 # (`w_recon` $L_1$ + `w_kl` KL, plus $5\,\mathrm{LPIPS}$ when on), decoding $z = \mu$; the
@@ -151,15 +153,15 @@ run = fit(
 fig, last_epochs = chapter.training_report(run_dir)
 last_epochs
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Real and generated tiles
 # Validation patients (rows): real tiles on the left, tiles decoded from the prior with the
 # patient's RNA on the right (`best` checkpoint).
 
-# %%
+# %% tags=[]
 trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # Whether this run had its perceptual term (it depends on the machine, so the tests do not
 # compare this output):
 
@@ -168,7 +170,7 @@ mode = trained.checkpoint["params"]["model_notes"]["perceptual"]
 reason = " (the AlexNet weights are not on this machine)" if mode == "none" and perceptual == "auto" else ""
 print(f"perceptual term: {'OFF' if mode == 'none' else mode}{reason}")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Does it listen to the RNA?
 # Tiles from the same $z$ with different patients' RNA, next to gene-shuffled profiles (see the
 # cGAN chapter).
@@ -176,7 +178,7 @@ print(f"perceptual term: {'OFF' if mode == 'none' else mode}{reason}")
 # %% tags=["nbval-ignore-output"]
 chapter.conditioning(trained, cohort, seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Summary
 # - The hybrid reuses the cVAE encoder and the cGAN discriminator; its loss adds L1,
 #   perceptual and feature-matching terms to the adversarial one.

@@ -9,10 +9,12 @@ training alone, with the same parameters, e.g. on several GPUs under torchrun.
 from __future__ import annotations
 
 import ast
+import hashlib
 import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -133,33 +135,123 @@ def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, re
 
 
 def execute(profile: str = "demo", only: list[str] | None = None) -> list[Path]:
-    """Run the chapters top to bottom with a profile's parameters into ``_build/executed``."""
-    import papermill
+    """Run the chapters top to bottom with a profile's parameters into ``_build/executed``.
 
+    A chapter whose notebook, parameters, package code, earlier chapters and output folders are as
+    when it last ran is not run again: its executed copy is reused from ``_build/cache`` (see
+    `chapter_key`). Each chapter's start, end and time are printed, and ``times.json`` keeps them.
+    """
     profile_dir(profile)  # before the first chapter says it is running
     out_dir = BUILD / "executed" / "book"
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = []
+    done, times, key = [], {}, ""
     for notebook in chapters():
         if only and notebook.stem not in only:
             continue
-        print(f"running {notebook.name} with params/{profile}/{notebook.stem}.yaml", flush=True)
         target = out_dir / notebook.name
-        try:
-            papermill.execute_notebook(
-                str(notebook),
-                str(target),
-                parameters=profile_parameters(profile, notebook),
-                cwd=str(notebook.parent),
-                progress_bar=False,
-            )
-        except papermill.PapermillExecutionError as err:
-            if err.ename != "UserError":  # a bug: papermill's traceback is what a developer needs
-                raise
-            # bad input (a profile's value, a cohort): the chapter's one line, not the kernel's traceback
-            raise where(f"{notebook.name} with params/{profile}", err.evalue) from None
+        parameters = profile_parameters(profile, notebook)
+        key = chapter_key(notebook, parameters, key)
+        started = time.perf_counter()
+        if _reuse(notebook, parameters, key, target):
+            print(f"reusing {notebook.name}: notebook, params/{profile}, code, earlier chapters and outputs "
+                  "unchanged since its last run", flush=True)
+        else:
+            print(f"running {notebook.name} with params/{profile}/{notebook.stem}.yaml", flush=True)
+            _run_chapter(notebook, target, parameters, profile)
+            _remember(notebook, parameters, key, target)
+        times[notebook.stem] = round(time.perf_counter() - started, 1)
+        print(f"{notebook.name} done in {times[notebook.stem]:.0f} s", flush=True)
         done.append(target)
+    (out_dir / "times.json").write_text(json.dumps({"profile": profile, "seconds": times}, indent=1))
     return done
+
+
+def _run_chapter(notebook: Path, target: Path, parameters: dict, profile: str) -> None:
+    """papermill, with the chapter's output (training progress lines) streamed to the terminal."""
+    import papermill
+
+    try:
+        papermill.execute_notebook(
+            str(notebook),
+            str(target),
+            parameters=parameters,
+            cwd=str(notebook.parent),
+            progress_bar=False,
+            log_output=True,
+            stdout_file=sys.stdout,
+            stderr_file=sys.stderr,
+        )
+    except papermill.PapermillExecutionError as err:
+        if err.ename != "UserError":  # a bug: papermill's traceback is what a developer needs
+            raise
+        # bad input (a profile's value, a cohort): the chapter's one line, not the kernel's traceback
+        raise where(f"{notebook.name} with params/{profile}", err.evalue) from None
+
+
+# --- reuse of executed chapters -----------------------------------------------------------------
+
+CACHE = BUILD / "cache"
+
+
+def package_version() -> str:
+    """A hash of every source file of the package: any code change runs the chapters again (the
+    training inside them still reuses runs whose training code is unchanged, `train.reusable_run`)."""
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def chapter_key(notebook: Path, parameters: dict, previous: str) -> str:
+    """What a chapter's output depends on: its notebook, its parameters, the package's code and the
+    key of the chapter before it (a chapter re-run runs every later chapter again)."""
+    text = json.dumps({"parameters": parameters, "code": package_version(), "previous": previous},
+                      sort_keys=True, default=str)
+    return hashlib.sha1(notebook.read_bytes() + text.encode()).hexdigest()[:16]
+
+
+def outputs_fingerprint(parameters: dict, notebook: Path) -> str:
+    """Size and time of the files directly inside the folders a chapter reads and writes (its
+    ``*_dir`` parameters and ``runs``): a run deleted or retrained elsewhere is seen."""
+    from .paths import resolve
+
+    values = {**chapter_parameters(notebook), **parameters}
+    folders = [v for k, v in values.items() if k.endswith("_dir") and isinstance(v, str) and v]
+    folders += [v for v in (values.get("runs") or {}).values() if isinstance(v, str)]
+    stats = []
+    for folder in sorted(set(folders)):
+        path = resolve(folder)
+        entries = sorted(path.iterdir()) if path.is_dir() else []
+        stats.append([folder, [[e.name, e.stat().st_size, e.stat().st_mtime_ns] for e in entries if e.is_file()]])
+    return hashlib.sha1(json.dumps(stats).encode()).hexdigest()[:16]
+
+
+def _cached(notebook: Path) -> tuple[Path, Path]:
+    return CACHE / notebook.name, CACHE / f"{notebook.stem}.json"
+
+
+def _reuse(notebook: Path, parameters: dict, key: str, target: Path) -> bool:
+    executed, record = _cached(notebook)
+    if not (executed.exists() and record.exists()):
+        return False
+    try:
+        saved = json.loads(record.read_text())
+    except json.JSONDecodeError:
+        return False
+    if saved.get("key") != key or saved.get("outputs") != outputs_fingerprint(parameters, notebook):
+        return False
+    shutil.copy2(executed, target)
+    return True
+
+
+def _remember(notebook: Path, parameters: dict, key: str, target: Path) -> None:
+    from .paths import atomic_write
+
+    executed, record = _cached(notebook)
+    atomic_write(executed, lambda tmp: shutil.copy2(target, tmp))
+    fingerprint = outputs_fingerprint(parameters, notebook)
+    atomic_write(record, lambda tmp: tmp.write_text(json.dumps({"key": key, "outputs": fingerprint})))
 
 
 def build_html(executed: list[Path], headline: str | None = None) -> Path:

@@ -79,6 +79,9 @@ def augmentation_examples(dataset, index: int = 0, n: int = 6, seed: int = 0):
     return fig
 
 
+HIGHER_IS_BETTER = {"reprediction": "reprediction (held-out, higher is better)"}
+
+
 def loss_curves(metrics: pd.DataFrame):
     """Training and validation losses per epoch, one panel per loss that has both or either."""
     names = sorted({c.split("_", 1)[1] for c in metrics.columns if c.startswith(("train_", "val_"))})
@@ -87,8 +90,9 @@ def loss_curves(metrics: pd.DataFrame):
         for split, style in (("train", "-o"), ("val", "--s")):
             column = f"{split}_{name}"
             if column in metrics:
-                ax.plot(metrics["epoch"], metrics[column], style, ms=3, label=split)
-        ax.set(title=name, xlabel="epoch")
+                measured = metrics[["epoch", column]].dropna()  # some are measured every few epochs
+                ax.plot(measured["epoch"], measured[column], style, ms=3, label=split)
+        ax.set(title=HIGHER_IS_BETTER.get(name, name), xlabel="epoch")
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

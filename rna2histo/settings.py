@@ -89,6 +89,7 @@ FIT_SETTINGS: dict[str, tuple[type, Range]] = {
     "sample_patients": (int, AT_LEAST_ONE),  # a sample grid needs at least one patient
     "rna_latent": (int, AT_LEAST_ONE),
     "rna_beta": (float, NON_NEGATIVE),  # a KL weight; 0 leaves a plain autoencoder
+    "reprediction_tiles": (int, NON_NEGATIVE),  # 0: no faithfulness check while training
 }
 
 

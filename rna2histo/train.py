@@ -37,6 +37,7 @@ from .cohort import load_cohort
 from .data import TileDataset, make_loader, to_uint8
 from .distributed import World
 from .errors import UserError
+from .evaluation.reprediction import ValidationCheck
 from .fastpath import SWITCHES, FastPath, fast_path
 from .latent import Latent, fit_latent, reconstruction_report
 from .models import Generator, build_model
@@ -142,9 +143,11 @@ class Trainer:
     device: torch.device
     world: World = field(default_factory=World)
     latent: Latent | None = None  # the frozen RNA latent between normaliser and model, if any
+    check: ValidationCheck | None = None  # held-out faithfulness every ckpt_every epochs, if asked
     optimizers: dict = field(default_factory=dict)
     epoch: int = 0
     best_val: float = math.inf
+    best_reprediction: float = -math.inf  # the best val_reprediction so far, when `check` runs
     history: list = field(default_factory=list)
     bar: tqdm | None = None
     fast: FastPath = field(init=False, repr=False)
@@ -175,6 +178,7 @@ class Trainer:
             "rna_latent": None if self.latent is None else self.latent.state_dict(),
             "epoch": self.epoch,
             "best_val": self.best_val,
+            "best_reprediction": self.best_reprediction,
             "params": self.params,
         }
 
@@ -186,6 +190,7 @@ class Trainer:
                 sched.load_state_dict(state["schedulers"][name])
         self.step.scaler.load_state_dict(state["scaler"])
         self.epoch, self.best_val = state["epoch"], state["best_val"]
+        self.best_reprediction = state.get("best_reprediction", -math.inf)
         # rows of epochs after the checkpoint (a kill between metrics and checkpoint) are dropped
         self.history = [r for r in read_metrics(self.run_dir / "metrics.csv") if r["epoch"] <= self.epoch]
 
@@ -299,6 +304,7 @@ def fit(
     rna_latent: int = 200,
     rna_beta: float = 1.0,
     augment: str = "study",
+    reprediction_tiles: int = 0,
     **options,
 ) -> Path:
     """Train `model` on a cohort; returns the run folder. `options` override model config fields.
@@ -311,6 +317,12 @@ def fit(
     `augment` names the training tiles' augmentation (`rna2histo.augment.augmentation`): "study"
     (flips, rotations, shift and colour jitter), "geometric" (the same without the colour jitter,
     which the generators learn to draw) or "none".
+
+    `reprediction_tiles` > 0 measures held-out faithfulness while training: every `ckpt_every`
+    epochs (and at the last) that many tiles per validation patient go through the cohort's RNA
+    re-prediction regressor (`rna2histo.evaluation.reprediction`, trained once per cohort on the
+    training patients' real tiles); metrics.csv logs it as ``val_reprediction`` and the ``best``
+    checkpoint is the epoch where it is highest. It only selects: no loss ever sees it.
 
     `batch_size` is per process: under torchrun (`rna2histo.distributed`) a step sees
     processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
@@ -327,12 +339,70 @@ def fit(
     if not train:
         return trained_run(model, resolve(params["run_dir"]), progress)
     check_fit(params)  # every number, the model's too, before any work
+    params["code_version"] = training_code_version()
+    reused = reusable_run(params)
+    if reused is not None:
+        return reused
     with distributed.session(pick_device(device)) as world:
         return _fit(params, options, world)
 
 
 # fit's named settings; the rest of a chapter's parameters are the model's config fields
 FIT_KEYWORDS = frozenset(inspect.signature(fit).parameters) - {"options"}
+
+
+# Modules that show, evaluate or orchestrate but never change what training computes: editing them
+# keeps a finished run reusable (`reusable_run`). Every other file of the package counts.
+NOT_TRAINING = ("__main__.py", "bench.py", "book.py", "chapter.py", "plots.py", "downstream.py", "classifier.py",
+                "encoder_comparison.py", "denoising.py", "conditioning.py", "morphology.py", "weights.py",
+                "generate.py", "evaluation/protocol.py", "evaluation/report.py", "evaluation/image_metrics.py",
+                "evaluation/detail.py", "evaluation/faithfulness.py", "evaluation/condition.py")
+# What must match for a finished run to stand for the one asked: who it is, how long it trained,
+# how its best checkpoint was chosen, its model config and the code that trained it.
+REUSE_KEYS = ("epochs", "ckpt_every", "reprediction_tiles", "options", "code_version")
+
+
+def training_code_version() -> str:
+    """A hash of the package's source files that training runs (all but `NOT_TRAINING`)."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative not in NOT_TRAINING:
+            digest.update(relative.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]
+
+
+def reusable_run(params: dict) -> Path | None:
+    """The run folder, when it holds a finished run of exactly these settings and this code.
+
+    A run is reused rather than retrained when its ``last`` checkpoint reached the asked epochs and
+    its identity settings, `REUSE_KEYS` and model notes are the asked ones; `resume` asks to
+    continue instead. Says in the terminal what is reused, or why not.
+    """
+    run_dir = resolve(params["run_dir"])
+    last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
+    if params["resume"] or not (last.exists() and best.exists()):
+        return None
+    try:
+        saved = load_checkpoint(last, mmap=True)
+    except UserError:
+        return None  # an unreadable run is trained afresh, as before
+    old = saved["params"]
+    changed = identity_changes(old, params) + [f"{k}={old.get(k)!r} (asked: {params.get(k)!r})"
+                                               for k in REUSE_KEYS if old.get(k) != params.get(k)]
+    if saved["epoch"] != params["epochs"]:
+        changed.append(f"trained {saved['epoch']} of {old.get('epochs')} epochs")
+    if changed:
+        if params["progress"]:
+            print(f"{params['model']}: retraining {run_dir}: " + "; ".join(changed[:3]), flush=True)
+        return None
+    if params["progress"]:
+        print(f"{params['model']}: reusing the finished run in {run_dir} (same settings and training code "
+              f"{params['code_version']}); delete it or change run_dir to train again", flush=True)
+    return run_dir
 
 
 def _fit(params: dict, options: dict, world: World) -> Path:
@@ -362,6 +432,8 @@ def _fit(params: dict, options: dict, world: World) -> Path:
         best = min(trainer.history, key=lambda r: r["val_loss"])
         on = params["device_used"] + (f" x {world.size} processes" if world.size > 1 else "")
         kept = "" if trainer.model.best_by_validation else " (best checkpoint: the last epoch)"
+        if math.isfinite(trainer.best_reprediction):
+            kept = f"; best checkpoint by val_reprediction ({trainer.best_reprediction:.3f})"
         print(f"{params['model']}: {params['epochs']} epochs on {on}; lowest val_loss {best['val_loss']:.4f} "
               f"at epoch {best['epoch']}{kept}; run in {trainer.run_dir}")
     return trainer.run_dir
@@ -381,16 +453,21 @@ def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
     params["device_used"] = str(device)
     params["processes"] = world.size  # the batch of a step is processes x batch_size
     world.broadcast_state(net.to(device))
+    val = TileDataset(cohort, "val", normaliser, augment="none", latent=latent)
+    check = None
+    if params["reprediction_tiles"] and world.main:
+        check = ValidationCheck.of(cohort, normaliser, val.c, params["reprediction_tiles"], params["seed"])
     return Trainer(
         model=net,
         run_dir=resolve(params["run_dir"]),
         params=params,
         normaliser=normaliser,
         train=TileDataset(cohort, "train", normaliser, augment=params["augment"], latent=latent),
-        val=TileDataset(cohort, "val", normaliser, augment="none", latent=latent),
+        val=val,
         device=device,
         world=world,
         latent=latent,
+        check=check,
     )
 
 
@@ -419,7 +496,7 @@ def config_changes(saved, cfg) -> str:
 IDENTITY = ("model", "cohort_dir", "seed", "batch_size", "model_size", "augment", "amp",
             "rna_encoder", "rna_latent", "rna_beta")
 RESUMABLE = ("epochs", "ckpt_every", "device", "workers", "channels_last", "fused",
-             "cudnn_benchmark", "compile", "sample_patients", "progress")
+             "cudnn_benchmark", "compile", "sample_patients", "progress", "reprediction_tiles")
 
 
 def _identity(params: dict, key: str):
@@ -508,9 +585,22 @@ def _run_epoch(trainer: Trainer, fixed_patients: list[int]) -> None:
         row[f"lr_{name}"] = opt.param_groups[0]["lr"]
     is_best = row["val_loss"] < trainer.best_val or not trainer.model.best_by_validation
     trainer.best_val = min(trainer.best_val, row["val_loss"])
+    if trainer.check is not None and _check_epoch(trainer):
+        row["val_reprediction"] = score = trainer.check(trainer.model, trainer.device)
+        if math.isfinite(score):
+            is_best = score > trainer.best_reprediction
+            trainer.best_reprediction = max(trainer.best_reprediction, score)
+    if trainer.check is not None and math.isfinite(trainer.best_reprediction) and "val_reprediction" not in row:
+        # between checks the best stays the best-scoring checked epoch (a provisional one before the first)
+        is_best = not (trainer.run_dir / "checkpoints" / "best.pt").exists()
     trainer.history.append(row)
     write_metrics(trainer.run_dir / "metrics.csv", trainer.history)
     grid = trainer.sample_grid(fixed_patients)
     atomic_write(trainer.run_dir / "samples" / f"epoch_{trainer.epoch:03d}.png",
                  lambda tmp: Image.fromarray(grid).save(tmp, format="PNG"))
     trainer.save(is_best)
+
+
+def _check_epoch(trainer: Trainer) -> bool:
+    """The epochs of the held-out faithfulness check: every ckpt_every, and the last."""
+    return trainer.epoch % trainer.params["ckpt_every"] == 0 or trainer.epoch == trainer.params["epochs"]

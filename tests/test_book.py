@@ -22,6 +22,36 @@ def test_missing_cohort_is_built_from_chapter_00_defaults(tmp_path, capsys):
 
 def test_a_profile_defines_the_cohort_it_names():
     demo = _default_cohort_params(resolve("data/cohorts/demo"))
-    assert (demo["patients"], demo["tiles_per_patient"], demo["genes"]) == (100, 10, 2000)
+    assert (demo["patients"], demo["tiles_per_patient"], demo["genes"]) == (360, 4, 2000)
     other = _default_cohort_params(resolve("data/cohorts/elsewhere"))
     assert other == chapter_parameters(ROOT / "book" / "00_data.ipynb")
+
+
+def test_an_executed_chapter_is_reused_only_while_its_inputs_and_outputs_are_unchanged(tmp_path, monkeypatch):
+    import json
+
+    from rna2histo import book
+
+    monkeypatch.setattr(book, "CACHE", tmp_path / "cache")
+    notebook = tmp_path / "07_x.ipynb"
+    notebook.write_text(json.dumps({"cells": [{"cell_type": "code", "metadata": {"tags": ["parameters"]},
+                                                "source": "run_dir = 'unused'", "outputs": [],
+                                                "execution_count": None}],
+                                     "metadata": {"kernelspec": {"name": "python3", "language": "python",
+                                                                 "display_name": "Python 3"}},
+                                     "nbformat": 4, "nbformat_minor": 4}))
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.csv").write_text("epoch\n1\n")
+    params = {"run_dir": str(run)}
+    key = book.chapter_key(notebook, params, previous="")
+    assert key != book.chapter_key(notebook, {"run_dir": str(run), "epochs": 2}, previous="")
+    assert key != book.chapter_key(notebook, params, previous="another chapter ran")
+    executed = tmp_path / "out.ipynb"
+    assert not book._reuse(notebook, params, key, executed)  # never ran
+    executed.write_text("executed")
+    book._remember(notebook, params, key, executed)
+    executed.unlink()
+    assert book._reuse(notebook, params, key, executed) and executed.read_text() == "executed"
+    (run / "metrics.csv").write_text("epoch\n1\n2\n")  # the run was trained again elsewhere
+    assert not book._reuse(notebook, params, key, executed)

@@ -183,3 +183,16 @@ def test_generate_from_a_run(cohort_dir, tmp_path):
     assert "1 missing" in result.stdout and "1 extra ignored" in result.stdout
     index = pd.read_csv(out / "index.csv")
     assert len(index) == 6 and all((out / f).exists() for f in index.file)
+
+
+def test_a_finished_run_of_the_same_settings_and_code_is_reused_and_a_changed_one_retrained(
+        cohort_dir, tmp_path, capsys):
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "run", epochs=1, **FAST)
+    stamp = (run / "metrics.csv").stat().st_mtime_ns
+    assert fit(cohort_dir=cohort_dir, run_dir=run, epochs=1, **{**FAST, "progress": True}) == run
+    assert (run / "metrics.csv").stat().st_mtime_ns == stamp  # nothing trained
+    assert "reusing the finished run" in capsys.readouterr().out
+    fit(cohort_dir=cohort_dir, run_dir=run, epochs=1, seed=1, **{**FAST, "progress": True})
+    out = capsys.readouterr().out
+    assert "retraining" in out and "seed=0 (asked: 1)" in out
+    assert load_checkpoint(run / "checkpoints" / "last.pt")["params"]["seed"] == 1

@@ -31,6 +31,7 @@ from ..paths import resolve
 from ..rna import fit_on_training, program_scores
 from . import faithfulness as fa
 from . import image_metrics as im
+from . import reprediction as rp
 from .detail import detail_metrics
 from .stats import mean_ci, set_distance_ci, summary, unavailable
 
@@ -154,7 +155,31 @@ def faithfulness_metrics(real_m: pd.DataFrame, gen_m: pd.DataFrame, scores: pd.D
     return fa.faithfulness_metrics(real_m, gen_m, scores, n_boot=s.n_boot, seed=s.seed)
 
 
-def evaluate_set(real: TileSet, gen: TileSet, scores, s: Settings, lpips_net=None, features=None, real_m=None):
+@dataclass
+class Reprediction:
+    """The cohort's tile -> expression regressor and the measured expression it is scored against."""
+
+    regressor: rp.Regressor
+    truth: pd.DataFrame  # (patients, target genes), z-scored on the training patients
+
+    @classmethod
+    def of(cls, cohort) -> Reprediction:
+        normaliser = fit_on_training(cohort)
+        regressor = rp.cohort_regressor(cohort, normaliser)
+        return cls(regressor, rp.measured(cohort, normaliser, regressor.genes))
+
+    def metrics(self, tiles: TileSet, mapping: dict, s: Settings) -> tuple[dict, dict]:
+        """`rna_reprediction_spearman` of the tiles and of their shuffled control (labels by `mapping`)."""
+        predicted = self.regressor.patient_predictions(tiles.tiles, tiles.patients)
+        inverse = {q: p for p, q in mapping.items()}
+        shuffled = predicted.rename(index=lambda q: inverse.get(q, q)).sort_index()
+        kw = {"n_boot": s.n_boot, "seed": s.seed}
+        return (rp.reprediction_spearman(predicted, self.truth, **kw),
+                rp.reprediction_spearman(shuffled, self.truth, **kw))
+
+
+def evaluate_set(real: TileSet, gen: TileSet, scores, s: Settings, lpips_net=None, features=None, real_m=None,
+                 reprediction: Reprediction | None = None):
     """Every metric of one candidate set against the real test tiles, plus its shuffled control.
 
     `features`: the Inception feature extractor, or None when its weights are absent (FID and
@@ -170,6 +195,9 @@ def evaluate_set(real: TileSet, gen: TileSet, scores, s: Settings, lpips_net=Non
     out.update(faithfulness_metrics(real_m, gen_m, scores, s))
     mapping = fa.derangement(sorted(set(gen.patients)), s.seed)
     out["shuffled"] = faithfulness_metrics(real_m, fa.shuffle_labels(gen_m, mapping), scores, s)
+    if reprediction is not None:
+        key = "rna_reprediction_spearman"
+        out[key], out["shuffled"][key] = reprediction.metrics(gen, mapping, s)
     return out, real_m, gen_m
 
 
@@ -196,9 +224,10 @@ def _training_resources(run_dir) -> dict:
     return out
 
 
-def _model_entry(name, run_dir, cohort, real, real_m, scores, n, s, lpips_net, features):
+def _model_entry(name, run_dir, cohort, real, real_m, scores, n, s, lpips_net, features, reprediction):
     gen, info = generated_tiles(run_dir, cohort, n=n, seed=s.seed)
-    entry, _, gen_m = evaluate_set(real, gen, scores, s, lpips_net, features, real_m=real_m)
+    entry, _, gen_m = evaluate_set(real, gen, scores, s, lpips_net, features, real_m=real_m,
+                                   reprediction=reprediction)
     if cohort.patients_table is not None:  # simulated: the true program levels, not the RNA
         truth = fa.true_programs(cohort.patients_table)
         entry["program_truth_spearman"] = faithfulness_metrics(real_m, gen_m, truth, s)["conditioning_spearman"]
@@ -227,12 +256,16 @@ def evaluate(runs: dict, cohort, out_dir, n: int = 7, settings: Settings | None 
     features, inception_reason = _inception(inception_weights)
     reference, half = split_halves(real, s.seed)
     baseline, real_m, half_m = evaluate_set(reference, half, scores, s, lpips_net, features)
+    reprediction = Reprediction.of(cohort)
+    # the ceiling from all of a test patient's real tiles (the halves would understate it)
+    key, mapping = "rna_reprediction_spearman", fa.derangement(sorted(set(real.patients)), s.seed)
+    baseline[key], baseline["shuffled"][key] = reprediction.metrics(real, mapping, s)
     metrics, generated, morph, resources = {"real": baseline}, {}, {"real": half_m}, []
     real_all = morphometrics_of(real, s.mpp)
     for name, run_dir in runs.items():
         try:
             entry, gen, gen_m, used = _model_entry(
-                name, run_dir, cohort, real, real_all, scores, n, s, lpips_net, features
+                name, run_dir, cohort, real, real_all, scores, n, s, lpips_net, features, reprediction
             )
         except UserError as err:  # no checkpoint: say so in the table, evaluate the others
             metrics[name] = unavailable(str(err))
@@ -249,6 +282,8 @@ def evaluate(runs: dict, cohort, out_dir, n: int = 7, settings: Settings | None 
         "test_patients": len(set(real.patients)), "real_tiles": len(real.tiles), "generated_per_patient": n,
         "n_pairs": s.n_pairs, "n_fid": s.n_fid, "n_boot": s.n_boot, "seed": s.seed, "level": 0.95,
         "real_baseline": "each test patient's real tiles split in two halves, one half as the generated set",
+        "reprediction": {"targets": len(reprediction.regressor.genes), "ceiling": "all real tiles of each test patient",
+                         **{k: v for k, v in reprediction.regressor.settings.items() if k != "history"}},
     }
     write_json(resolve(out_dir) / "metrics.json", metrics)
     morph["real_all"] = real_all
