@@ -6,7 +6,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # # Data: a paired cohort of RNA profiles and H&E tiles
 #
 # ## Overview
@@ -42,13 +42,13 @@ workers = 2  # tcga: slides downloaded and tiled in parallel
 keep_slides = True  # tcga: keep the downloaded slides; False deletes each once it is tiled
 cache_dir = ""  # tcga: downloads and per-slide records; empty means next to cohort_dir
 
-# %%
+# %% tags=[]
 # papermill only warns of a parameter this chapter does not declare, then runs the defaults
 from rna2histo.settings import check_parameters
 
 check_parameters()
 
-# %%
+# %% tags=[]
 import pandas as pd
 
 from rna2histo import plots
@@ -58,7 +58,7 @@ from rna2histo.markers import MARKERS
 from rna2histo.paths import resolve
 from rna2histo.rna import fit_on_training, program_scores
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Building the cohort
 # A cohort is one folder in one format whatever its source: `manifest.json` (what was built,
 # how, and what was skipped), `rna.parquet` (patients x genes), `tiles.npy` (uint8 tiles, read
@@ -78,7 +78,7 @@ from rna2histo.rna import fit_on_training, program_scores
 # painted through a Beer-Lambert stain model from nuclei and tissue laid out by the same
 # programs, with stain and position nuisances the RNA cannot explain.
 
-# %%
+# %% tags=[]
 cohort = build_cohort(
     source,
     resolve(cohort_dir),
@@ -99,20 +99,20 @@ cohort = build_cohort(
 )
 print(describe(cohort))
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Tiles and their programs
 # Each row is one patient: its tiles and, for the simulated cohort, its true program levels
 # (epithelial, immune, stroma, proliferation, lumen). High-immune patients carry many small dark
 # lymphocytes; high-stroma patients pink fibrous tissue with spindle nuclei; high-epithelial
 # patients nests of large pale tumour nuclei.
 
-# %%
+# %% tags=[]
 truth = cohort.patients_table
 programs = None if truth is None else truth.filter(like="program_").rename(columns=lambda c: c[8:])
 shown = cohort.patients()[:6]
 fig = plots.tile_grid(cohort, shown, n_tiles=6, labels=None if programs is None else programs)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## RNA preprocessing
 # As in the study, $\pm\infty$ becomes missing, missing values take the gene's median, and
 # every gene is z-scored: $z_g = (x_g - \mu_g) / \sigma_g$. The study computed $\mu_g$,
@@ -121,30 +121,30 @@ fig = plots.tile_grid(cohort, shown, n_tiles=6, labels=None if programs is None 
 # that a new profile is normalised exactly like the training data. Genes that are missing for
 # every training patient or constant in training carry no information and are dropped.
 
-# %%
+# %% tags=[]
 normaliser = fit_on_training(cohort)
 pd.Series(normaliser.fit_report, name="fit on the training split")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # Program scores summarise the RNA the way a biologist would: the mean z-score of each
 # program's marker genes. On the simulated cohort they can be checked against the truth; on
 # real data they are what the evaluation chapter compares generated morphology with.
 
-# %%
+# %% tags=[]
 z, alignment = normaliser.transform(cohort.rna)
 scores = program_scores(z, MARKERS)
 fig = plots.pca_by_program(z, programs if programs is not None else scores)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The patient-level split
 # Tiles of one patient share one RNA profile, so a tile-level split would show the test
 # patients' RNA during training. The split is by patient, 70/15/15, seeded, saved in
 # `splits.csv` and shared by every model (50 patients give the study's 34/8/8).
 
-# %%
+# %% tags=[]
 cohort.split_counts()
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Does the RNA carry the morphology?
 # A generator can only learn what the data contain. Per patient, the RNA program score
 # (x-axis) against the mean ground-truth morphology of its tiles (y-axis): lymphocyte count,
@@ -152,7 +152,7 @@ cohort.split_counts()
 # RNA holds the information; the scatter around them is tissue heterogeneity and noise that no
 # generator can recover from the RNA.
 
-# %%
+# %% tags=[]
 ground_truth = cohort.tiles_table.filter(like="gt_").groupby(cohort.tiles_table.patient_id).mean()
 if len(ground_truth.columns):
     pairs = {
@@ -164,7 +164,7 @@ if len(ground_truth.columns):
     }
     fig = plots.scatter_pairs(scores, ground_truth, pairs)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The training data
 # The Dataset reads tiles from the memory map one at a time and returns
 # $(x, c, p)$: the tile in $[-1, 1]$, the patient's normalised RNA and the patient's index.
@@ -173,15 +173,15 @@ if len(ground_truth.columns):
 # The generator chapters can drop the colour jitter (`augment = "geometric"`, chapter 01 says
 # why): a generator learns to draw the stains it is shown.
 
-# %%
+# %% tags=[]
 train = TileDataset(cohort, "train", normaliser)
 x, c, p = next(iter(make_loader(train, batch_size=8, shuffle=True, seed=seed)))
 print(f"x {tuple(x.shape)} in [{x.min():.0f}, {x.max():.0f}], c {tuple(c.shape)}, p {tuple(p.shape)}")
 
-# %%
+# %% tags=[]
 fig = plots.augmentation_examples(train, index=0, n=6, seed=seed)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Summary
 # - One cohort format for every source; builds are atomic and record what they skipped.
 # - RNA is median-imputed and z-scored with statistics of the training patients only.

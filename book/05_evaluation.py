@@ -6,7 +6,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # # Evaluation: the study's metrics, and whether the tissue carries the RNA's biology
 #
 # The study compared its four generators with SSIM, LPIPS and FID on random (real, generated)
@@ -78,20 +78,20 @@ seed = 0  # seeds generation, pair draws, the shuffled control and the bootstrap
 perceptual = "auto"  # LPIPS: "auto" (when the AlexNet weights are present), "lpips" or "none"
 inception_weights = ""  # a weights file for FID/KID; empty: the pretrained InceptionV3 of torch-fidelity
 
-# %%
+# %% tags=[]
 # papermill only warns of a parameter this chapter does not declare, then runs the defaults
 from rna2histo.settings import check_parameters
 
 check_parameters()
 
-# %%
+# %% tags=[]
 import pandas as pd
 
 from rna2histo import plots, weights
 from rna2histo.book import ensure_cohort
 from rna2histo.evaluation import faithfulness, protocol, report
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Running the protocol
 # One call generates the tiles, measures them and writes `metrics.json`. Which pretrained
 # weights this machine has decides which image metrics can be computed:
@@ -108,7 +108,7 @@ evaluation = protocol.evaluate(
 )
 evaluation.metrics["protocol"]
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## The study's metrics, and fine detail
 # Each cell is the value and its 95% interval over test patients. SSIM: higher is more similar;
 # LPIPS, FID and KID: lower is closer. The `real` row is the ceiling a perfect generator would
@@ -123,14 +123,14 @@ evaluation.metrics["protocol"]
 # %% tags=["nbval-ignore-output"]
 report.results_table(evaluation.metrics)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # What could not be computed here, and why:
 
 # %% tags=["nbval-ignore-output"]
 for name, reason in report.unavailable_reasons(evaluation.metrics)["reason"].items():
     print(f"{name}: {reason}")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # Beside the study's Table 4.1. **The data and protocol differ**: the study used TCGA-LUAD
 # tiles at 128 px and its own trained models; this book's default is a simulated cohort at the
 # size a laptop trains in minutes. Only the protocol is shared, so compare the rankings and the
@@ -142,14 +142,14 @@ report.study_comparison(evaluation.metrics)
 # %% tags=["nbval-ignore-output"]
 report.metric_bars(evaluation.metrics, report.IMAGE_METRICS);
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # The trade-off the study discussed, LPIPS against FID (shown when both could be computed):
 
 # %% tags=["nbval-ignore-output"]
 figure = report.tradeoff(evaluation.metrics)
 figure if figure is not None else print("LPIPS or FID unavailable on this machine; see the table above for why")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Real and generated tiles of named test patients
 # Rows: the first three test patients; left, their real tiles; right, tiles generated from
 # their RNA by each model.
@@ -162,7 +162,7 @@ for model, tiles in evaluation.generated.items():
     figure = plots.real_vs_generated(real, gen)
     figure.suptitle(model, x=0.01, y=1.03, ha="left", fontsize=10)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Faithfulness
 # Does the tissue follow the RNA? Each RNA program against the read-out it should drive, per
 # test patient: the real tiles (top row) show how strong the link is in the data; each model's
@@ -172,7 +172,7 @@ for model, tiles in evaluation.generated.items():
 scores = protocol.rna_scores(cohort)
 report.morphometric_scatter(scores, evaluation.morphometrics);
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # The measures with their intervals, with the RNA as given and shuffled across patients. A
 # faithful model re-predicts the RNA near the real tiles' ceiling, has a patient error below 1,
 # a positive Spearman and retrieval above chance,
@@ -183,7 +183,7 @@ report.morphometric_scatter(scores, evaluation.morphometrics);
 # %% tags=["nbval-ignore-output"]
 report.faithfulness_table(evaluation.metrics)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # How well the read-outs themselves measure the simulated truth, on the real test tiles
 # (Spearman over tiles; a read-out that does not track its truth cannot judge a generator):
 
@@ -192,7 +192,7 @@ if cohort.patients_table is not None:  # simulated: the per-tile truth is known
     test_truth = cohort.tiles_table.iloc[cohort.tile_indices("test")]
     display(faithfulness.ground_truth_agreement(evaluation.morphometrics["real_all"], test_truth))
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Resources
 # Parameters, training time and peak memory from each run's `metrics.csv`, and the generation
 # cost measured in this chapter (this machine, batches of 64), beside the study's Table 4.4

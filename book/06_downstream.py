@@ -6,7 +6,7 @@
 #     name: python3
 # ---
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # # Compact RNA latents, and what synthetic tiles are worth downstream
 #
 # The reference study set out to encode RNA into a compact latent before conditioning its
@@ -61,13 +61,13 @@ n_boot = 1000  # bootstrap resamples of the test patients
 seed = 0  # seeds the latents, generation, patient subsets, classifiers and bootstrap
 device = "auto"  # "auto" picks cuda, then mps, then cpu
 
-# %%
+# %% tags=[]
 # papermill only warns of a parameter this chapter does not declare, then runs the defaults
 from rna2histo.settings import check_parameters
 
 check_parameters()
 
-# %%
+# %% tags=[]
 import pandas as pd
 
 from rna2histo import downstream, encoder_comparison, plots
@@ -78,13 +78,13 @@ from rna2histo.latent import fit_latent, reconstruction_report
 from rna2histo.rna import fit_on_training
 from rna2histo.train import pick_device
 
-# %%
+# %% tags=[]
 cohort = ensure_cohort(cohort_dir, image_size)
 normaliser = fit_on_training(cohort)
 splits = {s: normaliser.transform(cohort.rna.loc[cohort.patients(s)])[0] for s in ("train", "val", "test")}
 print({s: len(z) for s, z in splits.items()}, "patients;", normaliser.n_genes, "genes")
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Part 1: RNA latents
 # ### What each latent keeps
 # Both latents reconstruct a profile, so both are judged the same way, per split: the mean
@@ -98,7 +98,7 @@ latents = {kind: fit_latent(kind, cohort, normaliser, dim=rna_latent, beta=rna_b
            for kind in ("pca", "betavae")}
 pd.concat({kind: reconstruction_report(latent, splits, splits["train"]) for kind, latent in latents.items()}).round(3)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # The beta-VAE's training (the weights with the best validation loss are kept):
 
 # %% tags=["nbval-ignore-output"]
@@ -106,7 +106,7 @@ history = pd.DataFrame(latents["betavae"].settings["history"]).set_index("step")
 history[["train_loss", "val_loss"]].plot(logy=True, figsize=(5, 2.6), title="beta-VAE loss");
 {k: v for k, v in latents["betavae"].settings.items() if k != "history"}
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ### What each condition holds of the tissue
 # Variance kept is not what a generator needs: it needs what the tiles show. For each condition
 # (`rna2histo.evaluation.condition`) a ridge regression, fitted on the training patients, predicts
@@ -122,7 +122,7 @@ encoders = {"pca 8": {"rna_encoder": "pca", "rna_latent": 8},
             f"betavae {rna_latent}": {"rna_encoder": "betavae", "rna_latent": rna_latent, "rna_beta": rna_beta}}
 condition_report(cohort, encoders, seed=seed).round(3)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ### Does a latent make the generator listen to the RNA?
 # One run per encoder with every other parameter as its chapter has it (the chapter's own run
 # is reused for the encoder it used; `comparison_epochs` shortens every run instead, as the smoke
@@ -149,7 +149,7 @@ table.round(3)
 # %% tags=["nbval-ignore-output"]
 report.metric_bars(comparison_metrics, ("patient_morph_error", "conditioning_spearman", "retrieval_top1"));
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Part 2: downstream utility
 # ### The labels
 # The immune-program score of a profile is the mean z-score of its immune marker genes; a
@@ -169,7 +169,7 @@ for task in list(labels):
         del labels[task]
 summary
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ### The experiment
 # Each generator draws its tiles once for every training patient (the diffusion model with
 # `sample_steps` DDIM steps); each setting takes its slice. Every classifier runs the same
@@ -197,7 +197,7 @@ columns = ["setting", "fraction", "real_patients", "real_tiles", "synthetic_tile
            "delta", "delta_lo", "delta_hi"]
 pd.concat({task: r[columns] for task, r in results.items()}).round(3)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ### AUC against the share of slides kept
 # One line per setting (shaded: 95% interval over test patients); the squares on the right are
 # the train-on-synthetic classifiers, which saw no real tile.
@@ -206,7 +206,7 @@ pd.concat({task: r[columns] for task, r in results.items()}).round(3)
 for task, r in results.items():
     plots.auc_by_fraction(r, title=f"task: {task} label");
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ### Did synthetic tiles help?
 # Each synthetic setting against "real only" at the same share of slides (TSTR against real
 # only with every slide). A gain or loss is claimed only when the paired 95% interval of the
@@ -218,7 +218,7 @@ for task, r in results.items():
     print(f"Task {task}: {downstream.overall(found)}")
     display(found[["setting", "fraction", "intervals", "paired"]])
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # Every comparison in words, made from the numbers above:
 
 # %% tags=["nbval-ignore-output"]
@@ -227,7 +227,7 @@ for task, r in results.items():
     for sentence in downstream.findings(r)["finding"]:
         print(sentence)
 
-# %% [markdown]
+# %% [markdown] tags=[]
 # ## Reading the results
 # - The latent comparison says whether compressing the RNA before the generator makes its
 #   conditioning generalise to patients it never saw: compare the held-out conditioning ratio

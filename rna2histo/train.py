@@ -590,6 +590,7 @@ def _run_epoch(trainer: Trainer, fixed_patients: list[int]) -> None:
         if math.isfinite(score):
             is_best = score > trainer.best_reprediction
             trainer.best_reprediction = max(trainer.best_reprediction, score)
+        row["seconds"] = round(time.perf_counter() - started, 2)  # the check is part of the epoch's cost
     if trainer.check is not None and math.isfinite(trainer.best_reprediction) and "val_reprediction" not in row:
         # between checks the best stays the best-scoring checked epoch (a provisional one before the first)
         is_best = not (trainer.run_dir / "checkpoints" / "best.pt").exists()
