@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from .errors import UserError, where
-from .paths import PARAMS, ROOT
+from .paths import PARAMS, ROOT, source_version
 from .settings import check_training, default_kind_error, is_real
 
 BUILD = ROOT / "_build"
@@ -196,11 +196,7 @@ CACHE = BUILD / "cache"
 def package_version() -> str:
     """A hash of every source file of the package: any code change runs the chapters again (the
     training inside them still reuses runs whose training code is unchanged, `train.reusable_run`)."""
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha1()
-    for path in sorted(package.rglob("*.py")):
-        digest.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
+    return source_version()
 
 
 def chapter_key(notebook: Path, parameters: dict, previous: str) -> str:

@@ -32,3 +32,16 @@ def atomic_write(path: Path, write) -> Path:
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def source_version(exclude: tuple[str, ...] = ()) -> str:
+    """A short hash of the package's source files (paths relative to the package, posix) but `exclude`."""
+    import hashlib
+
+    package = Path(__file__).resolve().parent
+    digest = hashlib.sha1()
+    for path in sorted(package.rglob("*.py")):
+        relative = path.relative_to(package).as_posix()
+        if relative not in exclude:
+            digest.update(relative.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:12]

@@ -41,7 +41,7 @@ from .evaluation.reprediction import ValidationCheck
 from .fastpath import SWITCHES, FastPath, fast_path
 from .latent import Latent, fit_latent, reconstruction_report
 from .models import Generator, build_model
-from .paths import RUNS, atomic_write, resolve
+from .paths import RUNS, atomic_write, resolve, source_version
 from .rna import Normaliser, fit_on_training
 from .runs import (
     CONTENTS,
@@ -364,15 +364,7 @@ REUSE_KEYS = ("epochs", "ckpt_every", "reprediction_tiles", "options", "code_ver
 
 def training_code_version() -> str:
     """A hash of the package's source files that training runs (all but `NOT_TRAINING`)."""
-    import hashlib
-
-    package = Path(__file__).resolve().parent
-    digest = hashlib.sha1()
-    for path in sorted(package.rglob("*.py")):
-        relative = path.relative_to(package).as_posix()
-        if relative not in NOT_TRAINING:
-            digest.update(relative.encode() + b"\0" + path.read_bytes())
-    return digest.hexdigest()[:12]
+    return source_version(exclude=NOT_TRAINING)
 
 
 def reusable_run(params: dict) -> Path | None:
