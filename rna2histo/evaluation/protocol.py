@@ -171,8 +171,7 @@ class Reprediction:
     def metrics(self, tiles: TileSet, mapping: dict, s: Settings) -> tuple[dict, dict]:
         """`rna_reprediction_spearman` of the tiles and of their shuffled control (labels by `mapping`)."""
         predicted = self.regressor.patient_predictions(tiles.tiles, tiles.patients)
-        inverse = {q: p for p, q in mapping.items()}
-        shuffled = predicted.rename(index=lambda q: inverse.get(q, q)).sort_index()
+        shuffled = fa.shuffle_labels(predicted.reset_index(), mapping).set_index("patient_id").sort_index()
         kw = {"n_boot": s.n_boot, "seed": s.seed}
         return (rp.reprediction_spearman(predicted, self.truth, **kw),
                 rp.reprediction_spearman(shuffled, self.truth, **kw))
