@@ -62,22 +62,36 @@ class NonFiniteLoss(UserError):
     """A loss became NaN or inf: training stops, the last good checkpoint is kept."""
 
 
-class Step:
-    """Backward, clip, step and zero for named optimisers, with mixed precision on CUDA.
+def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere bf16 autocast is
+    emulated and slower than fp32. Read from Linux's `cpuinfo`; False where there is none."""
+    try:
+        flags = cpuinfo.read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
-    ``step("g", loss)`` optimises the parameters of optimiser "g" only. On CUDA, autocast runs in
-    bf16 where the device supports it (no scaler needed), else fp16 with a gradient scaler. On
-    several processes the gradients are averaged over them before clipping, as DDP would.
+
+class Step:
+    """Backward, clip, step and zero for named optimisers, with mixed precision.
+
+    ``step("g", loss)`` optimises the parameters of optimiser "g" only. On CUDA (`amp`), autocast
+    runs in bf16 where the device supports it (no scaler needed), else fp16 with a gradient
+    scaler. On a CPU, `cpu_bf16` asks for bf16 autocast, granted only where the CPU computes bf16
+    natively (`cpu_has_bf16`), else fp32. On several processes the gradients are averaged over
+    them before clipping, as DDP would.
     """
 
-    def __init__(self, optimizers: dict, device: torch.device, amp: bool = True, world: World = World()):
+    def __init__(self, optimizers: dict, device: torch.device, amp: bool = True, world: World = World(),
+                 cpu_bf16: bool = False):
         self.optimizers = {name: pair[0] for name, pair in optimizers.items()}
         self.device = device
         self.world = world
-        cuda = device.type == "cuda"
         self.amp_dtype = None
-        if amp and cuda:
+        if amp and device.type == "cuda":
             self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        elif cpu_bf16 and device.type == "cpu" and cpu_has_bf16():
+            self.amp_dtype = torch.bfloat16
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
 
     def autocast(self):
@@ -155,7 +169,9 @@ class Trainer:
     def __post_init__(self):
         self.fast = self.resolve_fast_path()  # before the optimisers: compile and layout act on the model
         self.optimizers = self.model.configure_optimizers(self.params["epochs"], fused=self.fast.fused)
-        self.step = Step(self.optimizers, self.device, amp=self.params["amp"], world=self.world)
+        self.step = Step(self.optimizers, self.device, amp=self.params["amp"], world=self.world,
+                         cpu_bf16=self.params.get("cpu_bf16", False))
+        self.params["precision"] = str(self.step.amp_dtype or torch.float32).removeprefix("torch.")
 
     def resolve_fast_path(self) -> FastPath:
         """The fast path's switches resolved for this device, recorded in params; the model prepared."""
@@ -291,6 +307,7 @@ def fit(
     seed: int = 0,
     resume: bool = False,
     amp: bool = True,
+    cpu_bf16: bool = False,
     ckpt_every: int = 10,
     workers: int | str = "auto",
     channels_last: bool | None = None,
@@ -323,6 +340,10 @@ def fit(
     re-prediction regressor (`rna2histo.evaluation.reprediction`, trained once per cohort on the
     training patients' real tiles); metrics.csv logs it as ``val_reprediction`` and the ``best``
     checkpoint is the epoch where it is highest. It only selects: no loss ever sees it.
+
+    `amp` is mixed precision on CUDA; `cpu_bf16` is bf16 autocast on a CPU that computes bf16
+    natively (AVX512-BF16 or AMX), fp32 on one that does not. params.json records what ran as
+    ``precision``.
 
     `batch_size` is per process: under torchrun (`rna2histo.distributed`) a step sees
     processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
@@ -485,7 +506,7 @@ def config_changes(saved, cfg) -> str:
 # What a run is: a resume that changes one of these would continue another run under this one's
 # name. The rest (epochs aside, checked below) may change on resume: where it runs, how often it
 # keeps checkpoints, what it shows; params.json then lists the changes under "resumes".
-IDENTITY = ("model", "cohort_dir", "seed", "batch_size", "model_size", "augment", "amp",
+IDENTITY = ("model", "cohort_dir", "seed", "batch_size", "model_size", "augment", "amp", "cpu_bf16",
             "rna_encoder", "rna_latent", "rna_beta")
 RESUMABLE = ("epochs", "ckpt_every", "device", "workers", "channels_last", "fused",
              "cudnn_benchmark", "compile", "sample_patients", "progress", "reprediction_tiles")

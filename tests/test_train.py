@@ -40,6 +40,39 @@ def test_a_step_computes_gradients_for_its_own_optimiser_only():
     assert all(torch.equal(v, d.state_dict()[k]) for k, v in before.items())
 
 
+def test_cpu_bf16_is_granted_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch):
+    from rna2histo import train
+
+    info = tmp_path / "cpuinfo"
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
+    assert train.cpu_has_bf16(info)
+    info.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    assert not train.cpu_has_bf16(info) and not train.cpu_has_bf16(tmp_path / "absent")
+    layer, x = torch.nn.Linear(3, 3), torch.randn(2, 3)
+    optimisers = {"g": (adam(layer.parameters(), lr=0.1), None)}
+    for native, asked, dtype in [(True, True, torch.bfloat16), (False, True, torch.float32),
+                                 (True, False, torch.float32)]:
+        monkeypatch.setattr(train, "cpu_has_bf16", lambda: native)
+        step = Step(optimisers, torch.device("cpu"), cpu_bf16=asked)
+        with step.autocast():
+            assert layer(x).dtype == dtype
+
+
+def test_cpu_bf16_trains_records_its_precision_and_is_part_of_the_run(cohort_dir, tmp_path, monkeypatch):
+    import json
+
+    from rna2histo import train
+
+    monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)  # any CPU: torch emulates bf16 where it must
+    run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "bf16", epochs=1, cpu_bf16=True, **FAST)
+    assert json.loads((run / "params.json").read_text())["precision"] == "bfloat16"
+    assert np.isfinite(pd.read_csv(run / "metrics.csv").val_loss).all()
+    with pytest.raises(UserError, match=r"cpu_bf16=True \(asked: False\)"):
+        fit(cohort_dir=cohort_dir, run_dir=run, epochs=1, resume=True, **FAST)
+    plain = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "fp32", epochs=1, **FAST)
+    assert json.loads((plain / "params.json").read_text())["precision"] == "float32"
+
+
 def test_run_folder_layout(cohort_dir, tmp_path):
     run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "run", epochs=2, ckpt_every=2, **FAST)
     names = sorted(p.name for p in (run / "checkpoints").iterdir())
