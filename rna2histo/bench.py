@@ -63,7 +63,7 @@ DEVICES = ("cpu", "cuda")
 # The issue's CPU targets, reported (never asserted): thesis training steps at batch 16 use at
 # least 30% of the matmul rate, the data pipeline feeds 5x the fastest model, an epoch stays small.
 TARGET_MFU, TARGET_PIPELINE_RATIO, TARGET_EPOCH_GB = 0.30, 5.0, 1.5
-TARGET_BOOK_S, TARGET_BOOK_GB = 600.0, 3.0  # `make book --profile demo`: 10 minutes, 3 GB
+TARGET_BOOK_S, TARGET_BOOK_GB = 1800.0, 3.0  # `make book --profile demo`: 30 minutes (issue 24), 3 GB
 GB = 1e9
 
 

@@ -50,7 +50,7 @@ def test_targets_met_not_met_and_not_measured():
     assert met == {
         "MFU cgan": True, "MFU cvae": False, "MFU hybrid": None,
         "data pipeline >= 5x the fastest model": False, "epoch peak memory <= 1.5 GB": True,
-        "make book <= 10 min": None, "make book peak memory <= 3 GB": None,  # make bench-demo's
+        "make book <= 30 min": None, "make book peak memory <= 3 GB": None,  # make bench-demo's
     }
 
 
@@ -80,7 +80,7 @@ def test_a_tiny_run_writes_every_key(tmp_path):
     assert (tmp_path / "cache" / "epoch-200-tiles-32px-20-genes" / "manifest.json").exists()
     report = bench.format_report(saved).splitlines()
     assert report[-3].strip().startswith("epoch peak memory <= 1.5 GB")
-    assert report[-2].strip().startswith("make book <= 10 min") and "`make bench-demo` measures it" in report[-2]
+    assert report[-2].strip().startswith("make book <= 30 min") and "`make bench-demo` measures it" in report[-2]
     thesis = [line for line in report if line.startswith("  MFU cvae thesis step")]
     assert len(thesis) == 1 and "not measured: --quick skips thesis steps on a CPU" in thesis[0]
 
@@ -107,12 +107,12 @@ def test_the_book_report_says_where_the_time_went(tmp_path):
     (tmp_path / "00_data.ipynb").write_text(json.dumps({"cells": cells[:1]}))
     seconds = bench.chapter_seconds(tmp_path)
     assert seconds == {"00_data": 1.5, "01_cgan": 11.8}  # in chapter order; cells never run count 0
-    result = {"command": ["python", "-m", "rna2histo", "book"], "wall_s": 700.0, "interval_s": 0.5,
+    result = {"command": ["python", "-m", "rna2histo", "book"], "wall_s": 1900.0, "interval_s": 0.5,
               "peak_tree_pss_gb": 1.6, "peak_tree_rss_gb": 2.0, "largest_process_rss_gb": 1.8,
               "device": "a CPU", "started": "2026-12-02T09:00:00+00:00", "chapter_seconds": seconds,
-              "targets": bench.book_targets(700.0, 1.6)}
+              "targets": bench.book_targets(1900.0, 1.6)}
     lines = bench.format_book_report(result).splitlines()
     assert "on a CPU; started 2026-12-02" in lines[0]
     assert lines[2].endswith("00_data 2 s, 01_cgan 12 s")
-    assert lines[-2].strip().startswith("make book <= 10 min") and lines[-2].endswith("11.67 min  not met")
+    assert lines[-2].strip().startswith("make book <= 30 min") and lines[-2].endswith("31.67 min  not met")
     assert lines[-1].strip().startswith("make book peak memory <= 3 GB") and lines[-1].endswith("1.60 GB  met")
