@@ -224,10 +224,10 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # breaks the co-expression of the programs). A generator that learned the programs reacts
 # more to real profiles than to shuffled ones: a ratio clearly above 1.
 #
-# Both on patients the model never saw (val and test) and on training patients: with only
-# tens of training patients, an MLP over thousands of genes can memorise each training
-# profile and react to it, yet treat a new patient's profile like noise (ratio near 1 held
-# out, well above 1 on train). A compact latent of the RNA (`rna_encoder="pca"`, chapter 06
+# Both on (up to 30) patients the model never saw (val and test) and on (up to 15) training
+# patients: with only tens of training patients, an MLP over thousands of genes can memorise
+# each training profile and react to it, yet treat a new patient's profile like noise (ratio
+# near 1 held out, well above 1 on train). A compact latent of the RNA (`rna_encoder="pca"`, chapter 06
 # compares the encoders) gives the generator only what the programs share across patients.
 
 # %% tags=["nbval-ignore-output"]

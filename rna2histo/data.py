@@ -26,7 +26,9 @@ def to_model_range(tiles: torch.Tensor) -> torch.Tensor:
 
 def tiles_to_model(tiles: np.ndarray) -> torch.Tensor:
     """uint8 tiles (B, S, S, 3) as an array -> float (B, 3, S, S) in [-1, 1], the models' input."""
-    return to_model_range(torch.from_numpy(np.ascontiguousarray(tiles)).permute(0, 3, 1, 2))
+    # A read-only memory map is copied (torch warns on a tensor it may not write), others are not.
+    tiles = np.require(tiles, requirements=["C_CONTIGUOUS", "WRITEABLE"])
+    return to_model_range(torch.from_numpy(tiles).permute(0, 3, 1, 2))
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:
