@@ -193,16 +193,12 @@ def _run_chapter(notebook: Path, target: Path, parameters: dict, profile: str) -
 CACHE = BUILD / "cache"
 
 
-def package_version() -> str:
-    """A hash of every source file of the package: any code change runs the chapters again (the
-    training inside them still reuses runs whose training code is unchanged, `train.reusable_run`)."""
-    return source_version()
-
-
 def chapter_key(notebook: Path, parameters: dict, previous: str) -> str:
     """What a chapter's output depends on: its notebook, its parameters, the package's code and the
     key of the chapter before it (a chapter re-run runs every later chapter again)."""
-    text = json.dumps({"parameters": parameters, "code": package_version(), "previous": previous},
+    # Any code change runs the chapters again; the training inside them still reuses runs whose
+    # training code is unchanged (`train.reusable_run`).
+    text = json.dumps({"parameters": parameters, "code": source_version(), "previous": previous},
                       sort_keys=True, default=str)
     return hashlib.sha1(notebook.read_bytes() + text.encode()).hexdigest()[:16]
 
