@@ -51,12 +51,12 @@ check_parameters()
 # %% tags=[]
 import pandas as pd
 
-from rna2histo import plots
+from rna2histo.book import plots
 from rna2histo.cohort import build_cohort, describe
-from rna2histo.data import TileDataset, make_loader
+from rna2histo.data.dataset import TileDataset, make_loader
+from rna2histo.data.rna import fit_on_training, program_scores
 from rna2histo.markers import MARKERS
 from rna2histo.paths import resolve
-from rna2histo.rna import fit_on_training, program_scores
 
 # %% [markdown] tags=[]
 # ## Building the cohort

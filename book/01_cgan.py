@@ -128,9 +128,9 @@ from rna2histo.settings import check_parameters
 check_parameters()
 
 # %% tags=[]
-from rna2histo import chapter
+from rna2histo.book import chapter
 from rna2histo.models import architecture_table
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 # %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
@@ -147,7 +147,7 @@ architecture_table("cgan", n_genes, image_size)
 
 # %% [markdown] tags=[]
 # ## Training
-# One loop trains every model in this book (`rna2histo.train.fit`): the model supplies its
+# One loop trains every model in this book (`rna2histo.training.loop.fit`): the model supplies its
 # losses and optimisers, the loop does the rest — seeding, the device, mixed precision on
 # CUDA, gradient clipping at 1.0, validation every epoch, `metrics.csv`, a fixed-noise sample
 # grid for fixed validation patients, and checkpoints (`best`, `last` and every `ckpt_every`

@@ -60,9 +60,9 @@ from rna2histo.settings import check_parameters
 check_parameters()
 
 # %% tags=[]
-from rna2histo import chapter
+from rna2histo.book import chapter
 from rna2histo.models import architecture_table
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 # %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
@@ -78,7 +78,7 @@ architecture_table("cvae", n_genes, image_size)
 
 # %% [markdown] tags=[]
 # ## Training
-# The shared loop (`rna2histo.train.fit`) with the cVAE's single optimiser and step schedule.
+# The shared loop (`rna2histo.training.loop.fit`) with the cVAE's single optimiser and step schedule.
 
 # %% tags=["nbval-ignore-output"]
 run = fit(

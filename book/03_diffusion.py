@@ -75,9 +75,9 @@ from rna2histo.settings import check_parameters
 check_parameters()
 
 # %% tags=[]
-from rna2histo import chapter
+from rna2histo.book import chapter
 from rna2histo.models import architecture_table
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 # %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
@@ -93,7 +93,7 @@ architecture_table("diffusion", n_genes, image_size)
 
 # %% [markdown] tags=[]
 # ## Training
-# The shared loop (`rna2histo.train.fit`); the model updates its EMA after every step and
+# The shared loop (`rna2histo.training.loop.fit`); the model updates its EMA after every step and
 # uses it for validation and sampling.
 
 # %% tags=["nbval-ignore-output"]
@@ -162,7 +162,7 @@ chapter.conditioning(trained, cohort, seed=seed)
 # the signal's, $\sqrt{(1 - \bar\alpha_t) / \bar\alpha_t}$, in the table), then samples from
 # pure noise with the same seed (so they match the row from $t = 999$ closely). The table gives
 # the RMSE to the tile (grey levels) and the high-frequency ratios to the real tiles
-# (`rna2histo.denoising`): luma measures detail and blur, chroma measures colour speckle, to
+# (`rna2histo.experiments.denoising`): luma measures detail and blur, chroma measures colour speckle, to
 # which real H&E, with its smooth colour, gives little.
 #
 # On the demo profile at 10 epochs (2026-12-03) the tiles came back clean from $t = 50$ (noise

@@ -90,9 +90,9 @@ from rna2histo.settings import check_parameters
 check_parameters()
 
 # %% tags=[]
-from rna2histo import chapter
+from rna2histo.book import chapter
 from rna2histo.models import architecture_table
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 # %% tags=[]
 cohort, n_genes = chapter.prepare(cohort_dir, image_size)
@@ -107,7 +107,7 @@ architecture_table("hybrid", n_genes, image_size)
 
 # %% [markdown] tags=[]
 # ## Training
-# The shared loop (`rna2histo.train.fit`) with two optimisers, the discriminator's step first.
+# The shared loop (`rna2histo.training.loop.fit`) with two optimisers, the discriminator's step first.
 
 # %% tags=["nbval-ignore-output"]
 run = fit(

@@ -32,7 +32,7 @@
 #   with the reason and the download command, never replaced by another network.
 #
 # ## Faithfulness, without pretrained networks
-# Every tile is measured by classical nuclei segmentation (`rna2histo.morphology`: colour
+# Every tile is measured by classical nuclei segmentation (`rna2histo.evaluation.morphology`: colour
 # deconvolution, threshold, watershed; Dice 0.754 against the MoNuSeg sample masks): nuclei
 # density, area and eccentricity, H and E optical densities, the lymphocyte-like fraction, the
 # stroma (eosin-dominant) fraction and the lumen fraction. On these standardised read-outs:
@@ -87,9 +87,10 @@ check_parameters()
 # %% tags=[]
 import pandas as pd
 
-from rna2histo import plots, weights
-from rna2histo.book import ensure_cohort
+from rna2histo.book import plots
+from rna2histo.book.runner import ensure_cohort
 from rna2histo.evaluation import faithfulness, protocol, report
+from rna2histo.nets import weights
 
 # %% [markdown] tags=[]
 # ## Running the protocol

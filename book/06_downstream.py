@@ -15,7 +15,7 @@
 # are scarce. It delivered neither. This chapter does both:
 #
 # 1. **RNA latents.** `rna_encoder` (a parameter of every model chapter, of `python -m
-#    rna2histo train` and of `rna2histo.train.fit`) conditions a generator on all normalised
+#    rna2histo train` and of `rna2histo.training.loop.fit`) conditions a generator on all normalised
 #    genes through the study's MLP (`mlp`), on the top $k$ principal components of the training
 #    patients' profiles (`pca`), or on the posterior mean of a beta-VAE trained on those profiles
 #    (`betavae`; linear output layer, loss $\lVert z - \hat z \rVert^2 + \beta\,\mathrm{KL}$).
@@ -70,13 +70,14 @@ check_parameters()
 # %% tags=[]
 import pandas as pd
 
-from rna2histo import downstream, encoder_comparison, plots
-from rna2histo.evaluation.condition import condition_report
-from rna2histo.book import ensure_cohort
+from rna2histo.book import plots
+from rna2histo.book.runner import ensure_cohort
+from rna2histo.data.latent import fit_latent, reconstruction_report
+from rna2histo.data.rna import fit_on_training
 from rna2histo.evaluation import protocol, report
-from rna2histo.latent import fit_latent, reconstruction_report
-from rna2histo.rna import fit_on_training
-from rna2histo.train import pick_device
+from rna2histo.evaluation.condition import condition_report
+from rna2histo.experiments import downstream, encoder_comparison
+from rna2histo.training.step import pick_device
 
 # %% tags=[]
 cohort = ensure_cohort(cohort_dir, image_size)

@@ -167,7 +167,7 @@ def _book_command(sub) -> None:
 
 
 def _run_book(args) -> None:
-    from .book import build
+    from .book.runner import build
 
     build(args.profile)
 
@@ -228,7 +228,7 @@ def _train_command(sub) -> None:
 
 
 def _run_train(args) -> None:
-    from .book import train_chapter
+    from .book.runner import train_chapter
 
     run_dir = resolve(args.run_dir) if args.run_dir else None
     latent = {k: v for k, v in (("rna_encoder", args.rna_encoder), ("rna_latent", args.rna_latent)) if v is not None}
@@ -243,7 +243,7 @@ def _weights_command(sub) -> None:
 
 
 def _run_weights(args) -> None:
-    from . import weights
+    from .nets import weights
 
     if args.action == "download":
         for path in weights.download(args.names or None):
@@ -263,7 +263,7 @@ def _segmentation_command(sub) -> None:
 
 
 def _run_segmentation(args) -> None:
-    from .morphology import validate_segmentation
+    from .evaluation.morphology import validate_segmentation
 
     table = validate_segmentation(resolve(args.images), resolve(args.masks), mpp=args.mpp)
     print(table.round(3).to_string(index=False))
@@ -295,17 +295,17 @@ def _bench_command(sub) -> None:
 
 
 def _run_bench(args) -> None:
-    from . import bench
+    from .bench import report, suite, whole_book
 
     if args.book:
-        results = bench.measure_book(args.book)
-        report = bench.format_book_report(results)
+        results = whole_book.measure_book(args.book)
+        text = report.format_book_report(results)
     else:
-        results = bench.run(args.device, quick=args.quick, progress=_progress)
-        report = bench.format_report(results)
+        results = suite.run(args.device, quick=args.quick, progress=_progress)
+        text = report.format_report(results)
     if args.json:
-        bench.write_results(resolve(args.json), results)
-    print(report)
+        suite.write_results(resolve(args.json), results)
+    print(text)
 
 
 class Parser(argparse.ArgumentParser):

@@ -21,11 +21,11 @@ import pandas as pd
 import torch
 from PIL import Image
 
-from .data import to_uint8
+from .data.dataset import to_uint8
+from .data.latent import Latent
+from .data.rna import Normaliser
 from .errors import UserError, where
-from .latent import Latent
 from .models import Generator, model_class
-from .rna import Normaliser
 from .runs import load_checkpoint
 
 

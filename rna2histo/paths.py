@@ -35,13 +35,15 @@ def atomic_write(path: Path, write) -> Path:
 
 
 def source_version(exclude: tuple[str, ...] = ()) -> str:
-    """A short hash of the package's source files (paths relative to the package, posix) but `exclude`."""
+    """A short hash of the package's source files (paths relative to the package, posix) but `exclude`
+    (a file, or with a trailing "/" every file of a package)."""
     import hashlib
 
     package = Path(__file__).resolve().parent
+    packages = tuple(e for e in exclude if e.endswith("/"))
     digest = hashlib.sha1()
     for path in sorted(package.rglob("*.py")):
         relative = path.relative_to(package).as_posix()
-        if relative not in exclude:
+        if relative not in exclude and not relative.startswith(packages):
             digest.update(relative.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:12]

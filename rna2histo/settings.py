@@ -107,9 +107,9 @@ def check_fit(params: dict) -> None:
 
 
 def check_training(model: str, params: dict) -> None:
-    """A model chapter's parameters (`rna2histo.book.training_parameters`) as fit will take them:
+    """A model chapter's parameters (`rna2histo.book.runner.training_parameters`) as fit will take them:
     its keywords, and the rest (z_dim, lr, ...) as the model's config overrides."""
-    from .train import FIT_KEYWORDS as keywords
+    from .training.loop import FIT_KEYWORDS as keywords
 
     check_number("image_size", params.get("image_size", 1), int, AT_LEAST_ONE)
     options = {k: v for k, v in params.items() if k not in keywords and k != "image_size"}
@@ -139,7 +139,7 @@ def check_parameters() -> None:
     """Refuse injected parameters the chapter does not declare, or of another type than its default.
 
     Called by the cell right after the chapter's ``parameters`` cell. Under papermill (the CLI or
-    `rna2histo.book.execute`) the cells run before it are, in IPython's input history, the
+    `rna2histo.book.runner.execute`) the cells run before it are, in IPython's input history, the
     parameters cell and then papermill's injected cell, headed ``# Parameters``. In a plain run
     (Jupyter, nbval, no parameters given) the cell before is the parameters cell: nothing to check.
     """

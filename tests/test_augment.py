@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rna2histo.augment import (
+from rna2histo.data.augment import (
     _YIQ,
     LUMA,
     StudyAugment,

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rna2histo.book import _default_cohort_params, chapter_parameters, ensure_cohort
+from rna2histo.book.runner import _default_cohort_params, chapter_parameters, ensure_cohort
 from rna2histo.errors import UserError
 from rna2histo.paths import ROOT, resolve
 
@@ -30,7 +30,7 @@ def test_a_profile_defines_the_cohort_it_names():
 def test_an_executed_chapter_is_reused_only_while_its_inputs_and_outputs_are_unchanged(tmp_path, monkeypatch):
     import json
 
-    from rna2histo import book
+    from rna2histo.book import runner as book
 
     monkeypatch.setattr(book, "CACHE", tmp_path / "cache")
     notebook = tmp_path / "07_x.ipynb"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from rna2histo.conditioning import conditioning_difference, same_noise_samples
+from rna2histo.evaluation.conditioning import conditioning_difference, same_noise_samples
 from rna2histo.models import build_model
 
 CASES = {  # model: (config, sample keywords); diffusion with eta > 0 draws noise at every step

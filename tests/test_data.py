@@ -3,8 +3,8 @@ import pickle
 import numpy as np
 import torch
 
-from rna2histo.data import TileDataset, make_loader, to_model_range, to_uint8
-from rna2histo.rna import fit_on_training
+from rna2histo.data.dataset import TileDataset, make_loader, to_model_range, to_uint8
+from rna2histo.data.rna import fit_on_training
 
 
 def test_items_are_scaled_and_paired(tiny_cohort):

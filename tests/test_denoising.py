@@ -4,12 +4,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from rna2histo import chapter
+from rna2histo.book import chapter
 from rna2histo.cohort import load_cohort
-from rna2histo.denoising import denoising_ladder
 from rna2histo.evaluation.detail import detail_metrics, high_frequency_ratios, tile_energies
+from rna2histo.experiments.denoising import denoising_ladder
 from rna2histo.generate import load_run
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 from .conftest import write_tiny_cohort
 

@@ -10,7 +10,7 @@ import torch
 from rna2histo.errors import UserError
 from rna2histo.models.base import count_parameters
 from rna2histo.models.diffusion import Diffusion, DiffusionConfig
-from rna2histo.train import Step
+from rna2histo.training.step import Step
 
 GENES, SIZE = 16, 16
 

@@ -2,7 +2,7 @@
 
 Two processes at batch 4 take the steps of one process at batch 8: the same batches (each cut
 in two) and the averaged gradient. Their random draws differ by design (each process has its
-own, see `rna2histo.distributed`), so the comparison fixes them: no augmentation, and diffusion
+own, see `rna2histo.training.distributed`), so the comparison fixes them: no augmentation, and diffusion
 timesteps, noise and dropped conditions as functions of the tile instead of draws.
 
 Run by torchrun, this module is one training process (see `_worker`).
@@ -22,16 +22,17 @@ import pytest
 import torch
 import yaml
 
-from rna2histo import data, distributed
 from rna2histo.__main__ import main
-from rna2histo.distributed import World, sharded_loader
+from rna2histo.data import dataset as data
+from rna2histo.data.rna import fit_on_training
 from rna2histo.errors import UserError
 from rna2histo.generate import load_run
 from rna2histo.models.diffusion import Diffusion
 from rna2histo.paths import ROOT
-from rna2histo.rna import fit_on_training
 from rna2histo.runs import load_checkpoint
-from rna2histo.train import Trainer, fit
+from rna2histo.training import distributed
+from rna2histo.training.distributed import World, sharded_loader
+from rna2histo.training.loop import Trainer, fit
 
 from .conftest import write_tiny_cohort
 

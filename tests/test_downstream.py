@@ -10,12 +10,12 @@ import pandas as pd
 import pytest
 import torch
 
-from rna2histo import classifier as clf
-from rna2histo import downstream as ds
 from rna2histo.cohort import build_cohort
+from rna2histo.data.rna import fit_on_training
 from rna2histo.errors import UserError
+from rna2histo.experiments import classifier as clf
+from rna2histo.experiments import downstream as ds
 from rna2histo.markers import MARKERS
-from rna2histo.rna import fit_on_training
 
 from .conftest import write_tiny_cohort
 

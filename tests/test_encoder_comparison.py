@@ -4,8 +4,8 @@ import json
 
 import yaml
 
-from rna2histo import downstream, encoder_comparison
-from rna2histo.train import fit
+from rna2histo.experiments import downstream, encoder_comparison
+from rna2histo.training.loop import fit
 
 from .conftest import write_tiny_cohort
 

@@ -9,7 +9,7 @@ import pytest
 
 from rna2histo.cohort import build_cohort
 from rna2histo.evaluation import image_metrics, protocol, report
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 IMAGE = ("ssim_random", "ssim_same_patient", "lpips", "fid", "kid", "luma_hf_ratio", "chroma_hf_ratio")
 FAITHFUL = ("rna_reprediction_spearman", "morph_fd", "patient_morph_error", "conditioning_spearman", "retrieval_top1", "retrieval_top5")

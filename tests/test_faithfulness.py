@@ -10,8 +10,8 @@ import pytest
 
 from rna2histo.cohort import build_cohort
 from rna2histo.evaluation import faithfulness as fa
+from rna2histo.evaluation.morphology import morphometrics_table
 from rna2histo.markers import PROGRAMS
-from rna2histo.morphology import morphometrics_table
 
 
 def _tiles(means: np.ndarray, per_patient: int, spread: float, rng) -> pd.DataFrame:

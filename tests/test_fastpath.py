@@ -9,15 +9,16 @@ import pandas as pd
 import pytest
 import torch
 
-from rna2histo import fastpath, train
 from rna2histo.__main__ import main
-from rna2histo.distributed import _as_grad_of
 from rna2histo.errors import UserError
-from rna2histo.fastpath import FastPath, fast_path
 from rna2histo.generate import load_run
 from rna2histo.models import MODELS, build_model
 from rna2histo.runs import load_checkpoint
-from rna2histo.train import fit
+from rna2histo.training import fastpath
+from rna2histo.training import loop as train
+from rna2histo.training.distributed import _as_grad_of
+from rna2histo.training.fastpath import FastPath, fast_path
+from rna2histo.training.loop import fit
 
 from .conftest import write_tiny_cohort
 

@@ -9,7 +9,7 @@ import pytest
 from rna2histo.cohort import CohortWriter, describe, load_cohort, split_patients
 from rna2histo.cohort.format import FORMAT_VERSION
 from rna2histo.errors import UserError
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 from .conftest import write_tiny_cohort
 

@@ -9,7 +9,7 @@ from rna2histo.__main__ import main
 from rna2histo.errors import UserError
 from rna2histo.generate import file_stems, generate, load_run
 from rna2histo.runs import load_checkpoint
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 from .conftest import write_tiny_cohort
 

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
+from rna2histo.data.latent import fit_betavae, fit_latent, fit_pca, reconstruction_report
+from rna2histo.data.rna import fit_on_training
 from rna2histo.errors import UserError
 from rna2histo.generate import generate, load_run
-from rna2histo.latent import fit_betavae, fit_latent, fit_pca, reconstruction_report
-from rna2histo.rna import fit_on_training
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 from .conftest import write_tiny_cohort
 
@@ -76,7 +76,7 @@ def test_betavae_is_trained_once_per_cohort_and_reused(cohort, monkeypatch):
     def no_training(*a, **k):
         raise AssertionError("the cached beta-VAE should have been reused")
 
-    monkeypatch.setattr("rna2histo.latent.fit_betavae", no_training)
+    monkeypatch.setattr("rna2histo.data.latent.fit_betavae", no_training)
     again = fit_latent("betavae", cohort, normaliser, dim=4)
     z = normaliser.transform(cohort.rna)[0]
     assert np.array_equal(first.encode(z), again.encode(z))

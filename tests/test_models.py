@@ -15,8 +15,8 @@ from rna2histo.models.cgan import CGAN
 from rna2histo.models.cvae import CVAE
 from rna2histo.models.hybrid import Hybrid, resolve_perceptual
 from rna2histo.nets.conv import UpBlock, UpDecoder
-from rna2histo.train import Step
-from rna2histo.weights import lpips_weights_path
+from rna2histo.nets.weights import lpips_weights_path
+from rna2histo.training.step import Step
 
 MODELS = [CGAN, CVAE, Hybrid]
 GENES, SIZE = 50, 32

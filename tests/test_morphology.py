@@ -7,9 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rna2histo import morphology, paths
+from rna2histo import paths
 from rna2histo.cohort import tissue
 from rna2histo.errors import UserError
+from rna2histo.evaluation import morphology
 
 MONUSEG = Path(paths.ROOT).parent / "shared" / "data" / "monuseg-sample"
 

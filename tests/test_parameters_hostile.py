@@ -12,15 +12,15 @@ import papermill
 import pytest
 import yaml
 
-from rna2histo import book
 from rna2histo.__main__ import main
-from rna2histo.book import chapter_parameters, training_parameters
+from rna2histo.book import runner as book
+from rna2histo.book.runner import chapter_parameters, training_parameters
 from rna2histo.errors import UserError
 from rna2histo.models import MODELS, model_class
 from rna2histo.models.base import FIELD_RANGES
 from rna2histo.paths import ROOT
 from rna2histo.settings import CHAPTER_RANGES, CHECK_CELL, INJECTED_HEADER, assigned, check_fit
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 CHAPTERS = sorted((ROOT / "book").glob("*.ipynb"))
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from rna2histo.book import chapter_parameters, chapters, profile_parameters
+from rna2histo.book.runner import chapter_parameters, chapters, profile_parameters
 from rna2histo.errors import UserError
 from rna2histo.paths import PARAMS, ROOT
 

@@ -9,11 +9,11 @@ import torch
 from scipy import stats
 
 from rna2histo.cohort import build_cohort
+from rna2histo.data.rna import fit_on_training
 from rna2histo.evaluation import faithfulness as fa
 from rna2histo.evaluation import reprediction as rp
 from rna2histo.markers import MARKERS
-from rna2histo.rna import fit_on_training
-from rna2histo.train import fit
+from rna2histo.training.loop import fit
 
 
 @pytest.fixture(scope="module")

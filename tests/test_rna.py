@@ -2,8 +2,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from rna2histo.data.rna import Normaliser, fit_on_training
 from rna2histo.errors import UserError
-from rna2histo.rna import Normaliser, fit_on_training
 
 
 def frame(values, genes, ids=None):

@@ -13,7 +13,8 @@ from rna2histo.generate import generate, load_run
 from rna2histo.models import model_class
 from rna2histo.models.base import adam
 from rna2histo.runs import load_checkpoint
-from rna2histo.train import NonFiniteLoss, Step, Trainer, fit
+from rna2histo.training.loop import Trainer, fit
+from rna2histo.training.step import NonFiniteLoss, Step
 
 from .conftest import write_tiny_cohort
 
@@ -41,7 +42,7 @@ def test_a_step_computes_gradients_for_its_own_optimiser_only():
 
 
 def test_cpu_bf16_is_granted_only_where_the_cpu_computes_bf16(tmp_path, monkeypatch):
-    from rna2histo import train
+    from rna2histo.training import step as train
 
     info = tmp_path / "cpuinfo"
     info.write_text("flags\t\t: fpu avx2 avx512f avx512_bf16\n")
@@ -61,7 +62,7 @@ def test_cpu_bf16_is_granted_only_where_the_cpu_computes_bf16(tmp_path, monkeypa
 def test_cpu_bf16_trains_records_its_precision_and_is_part_of_the_run(cohort_dir, tmp_path, monkeypatch):
     import json
 
-    from rna2histo import train
+    from rna2histo.training import step as train
 
     monkeypatch.setattr(train, "cpu_has_bf16", lambda: True)  # any CPU: torch emulates bf16 where it must
     run = fit(cohort_dir=cohort_dir, run_dir=tmp_path / "bf16", epochs=1, cpu_bf16=True, **FAST)
@@ -162,7 +163,7 @@ def test_resume_refuses_a_changed_seed_batch_augment_or_cohort_and_params_json_s
 
 def test_a_field_added_after_a_run_takes_its_default_on_resume():
     from rna2histo.models.cgan import CGANConfig
-    from rna2histo.train import config_changes
+    from rna2histo.training.identity import config_changes
 
     cfg = CGANConfig.preset("small", n_genes=10, image_size=32)
     older = {k: v for k, v in cfg.to_dict().items() if k != "d_augment"}  # saved before the field

@@ -7,8 +7,8 @@ from functools import partial
 
 import pytest
 
-from rna2histo import weights
 from rna2histo.errors import UserError
+from rna2histo.nets import weights
 
 
 @pytest.fixture

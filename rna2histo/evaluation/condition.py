@@ -1,6 +1,6 @@
 """What a generator's condition holds: held-out R^2 of the tissue programs from each RNA encoder.
 
-A generator cannot draw what its condition does not carry. For an encoder (`rna2histo.latent`)
+A generator cannot draw what its condition does not carry. For an encoder (`rna2histo.data.latent`)
 fitted on the training patients, a ridge regression from the condition to each target is fitted
 on the training patients (its penalty chosen by 5-fold cross-validation among them) and scored on
 the test patients: R^2 = 1 - SS_res / SS_tot around the test mean. Targets: the simulated cohort's
@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from ..latent import fit_latent
+from ..data.latent import fit_latent
+from ..data.rna import fit_on_training
 from ..markers import MARKERS
-from ..rna import fit_on_training
 from . import reprediction as rp
 from .faithfulness import true_programs
 

@@ -13,7 +13,7 @@ uint8 tiles (N, S, S, 3) and `patients` (N,), the patient id of each tile.
 - Uncertainty: `stats.mean_ci` (pair scores) and `stats.set_distance_ci` (FID, KID) resample
   patients, the independent units.
 
-Pretrained weights live in torch hub's cache (see `rna2histo.weights`): LPIPS's AlexNet and
+Pretrained weights live in torch hub's cache (see `rna2histo.nets.weights`): LPIPS's AlexNet and
 torch-fidelity's InceptionV3. Without them LPIPS is skipped ("auto") and FID/KID raise a
 `UserError`.
 """
@@ -26,9 +26,9 @@ import numpy as np
 import torch
 from skimage.metrics import structural_similarity
 
-from .. import weights
-from ..data import tiles_to_model
+from ..data.dataset import tiles_to_model
 from ..errors import UserError
+from ..nets import weights
 from .stats import frechet_distance
 
 INCEPTION_NAME = "inception-v3-compat"  # torch-fidelity's registry name of its TF-ported InceptionV3

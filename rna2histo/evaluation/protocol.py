@@ -23,16 +23,16 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from ..data.rna import fit_on_training, program_scores
 from ..errors import UserError
 from ..generate import generate, load_run
 from ..markers import MARKERS
-from ..morphology import morphometrics_table
 from ..paths import resolve
-from ..rna import fit_on_training, program_scores
 from . import faithfulness as fa
 from . import image_metrics as im
 from . import reprediction as rp
 from .detail import detail_metrics
+from .morphology import morphometrics_table
 from .stats import mean_ci, set_distance_ci, summary, unavailable
 
 
@@ -291,7 +291,7 @@ def evaluate(runs: dict, cohort, out_dir, n: int = 7, settings: Settings | None 
 
 def _lpips(mode: str):
     """(LPIPS net or None, reason it is unavailable or None)."""
-    from .. import weights
+    from ..nets import weights
 
     net = im.load_lpips(mode)
     if net is None:

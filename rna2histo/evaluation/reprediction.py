@@ -30,11 +30,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from ..data import tiles_to_model, to_uint8
+from ..data.dataset import tiles_to_model, to_uint8
+from ..data.rna import Normaliser, fit_on_training
 from ..errors import where
 from ..markers import MARKERS
 from ..paths import atomic_write
-from ..rna import Normaliser, fit_on_training
 from .stats import bootstrap_ci, summary
 
 VERSION = 1  # of the regressor's recipe: a change retrains every cached regressor

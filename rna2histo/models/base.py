@@ -1,4 +1,4 @@
-"""The one contract every generator follows, so that one loop (`rna2histo.train.fit`) trains all four.
+"""The one contract every generator follows, so that one loop (`rna2histo.training.loop.fit`) trains all four.
 
 A generator is an `nn.Module` that
 
@@ -7,7 +7,7 @@ A generator is an `nn.Module` that
 - names its optimisers and LR schedules: ``configure_optimizers(epochs, fused=False) ->
   {name: (opt, sched)}`` (the GANs have ``"g"`` and ``"d"``, the others one ``"main"``);
   schedules step once per epoch; every optimiser is built by `adam`, which takes ``fused``
-  (the loop asks for fused kernels where torch has them, `rna2histo.fastpath`);
+  (the loop asks for fused kernels where torch has them, `rna2histo.training.fastpath`);
 - takes one optimisation step per batch: ``training_step(batch, step) -> {metric: float}``,
   computing its losses under ``step.autocast()`` and handing each to ``step(name, loss)``,
   which backpropagates, clips, steps and zeroes that optimiser (and refuses non-finite losses);
@@ -185,7 +185,7 @@ def adam(params, fused: bool = False, decoupled: bool = False, **kw) -> torch.op
     """Adam, or AdamW when `decoupled` (weight decay apart from the gradient), for every model.
 
     ``fused``: one kernel updates all parameters (the loop's default wherever torch has one,
-    `rna2histo.fastpath`). Unfused, torch chooses its default implementation (fused=None).
+    `rna2histo.training.fastpath`). Unfused, torch chooses its default implementation (fused=None).
     """
     cls = torch.optim.AdamW if decoupled else torch.optim.Adam
     return cls(params, fused=True if fused else None, **kw)

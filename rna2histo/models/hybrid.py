@@ -31,8 +31,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from .. import weights
 from ..errors import UserError
+from ..nets import weights
 from ..nets.conv import UpDecoder, gaussian
 from ..nets.rna import RNAEncoder
 from .adversary import AdversaryConfig, Discriminator, adversarial_losses, mode_seeking, p_real

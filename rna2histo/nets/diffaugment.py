@@ -3,7 +3,7 @@
 With little data a GAN's discriminator memorises the real images and its gradient stops telling
 G about the distribution (Zhao et al.; the demo cohort has 700 training tiles). Augmenting the
 *training data* would not help a generator (it learns to draw the augmented tiles,
-`rna2histo.augment`); augmenting every image D sees, real and generated alike, in a way
+`rna2histo.data.augment`); augmenting every image D sees, real and generated alike, in a way
 gradients pass through, does: D must judge tissue whatever the shift, colour or missing patch,
 and G is never asked to draw those. (`augment.geometry` shifts too, but per tile, mirror-filled,
 for the loader; here the shift is zero-filled, batched and on the training device.)

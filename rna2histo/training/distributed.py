@@ -3,10 +3,10 @@
 ``torchrun --nproc_per_node N -m rna2histo train MODEL -f FILE`` starts N copies of the
 command; `session` joins them into one process group (NCCL on CUDA, one GPU per process; gloo
 on CPU) when torchrun's variables (RANK, WORLD_SIZE, LOCAL_RANK) say so, and
-`rna2histo.train.fit` then trains one model on N processes. ``batch_size`` is per process: a
+`rna2histo.training.loop.fit` then trains one model on N processes. ``batch_size`` is per process: a
 step sees N x batch_size tiles.
 
-Gradients are averaged in `rna2histo.train.Step`, after backward and before clipping
+Gradients are averaged in `rna2histo.training.step.Step`, after backward and before clipping
 (`average_gradients`), instead of wrapping networks in DistributedDataParallel. The average is
 the one DDP computes, and the models stay untouched: they call their networks several times per
 step (the GANs score real and fake tiles with one discriminator, the hybrid reads its features
@@ -48,7 +48,7 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import BatchSampler, DataLoader, RandomSampler, Sampler
 
-from .errors import UserError
+from ..errors import UserError
 
 TORCHRUN = ("RANK", "WORLD_SIZE", "LOCAL_RANK")
 # How long a process waits in a collective: the others wait there while process 0 validates,

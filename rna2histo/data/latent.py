@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from .errors import UserError, where
-from .paths import atomic_write
+from ..errors import UserError, where
+from ..paths import atomic_write
 
 RNA_ENCODERS = ("mlp", "pca", "betavae")
 VAE_HIDDEN = 512  # the beta-VAE's one hidden layer on each side

@@ -8,11 +8,11 @@ run is then trained again with the others, so that all encoders get the same bud
 Each run is then measured as the chapters and the evaluation chapter measure a model:
 
 - conditioning ratio: the same noise with different patients' RNA vs gene-shuffled RNA
-  (`rna2histo.conditioning`), on training patients and on held-out (val + test) patients: a
+  (`rna2histo.evaluation.conditioning`), on training patients and on held-out (val + test) patients: a
   model that memorised its training patients' profiles reacts to them, not to new ones;
 - faithfulness on the test patients (`rna2histo.evaluation.protocol`): patient morph error,
   conditioning Spearman and retrieval, with 95% intervals over patients;
-- the latent's share of variance kept on held-out patients (`rna2histo.latent`).
+- the latent's share of variance kept on held-out patients (`rna2histo.data.latent`).
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import chapter
-from .book import chapter_parameters, model_chapter, training_parameters
-from .evaluation import protocol, report
-from .generate import LoadedRun, load_run
-from .paths import resolve
+from ..book import chapter
+from ..book.runner import chapter_parameters, model_chapter, training_parameters
+from ..evaluation import protocol, report
+from ..generate import LoadedRun, load_run
+from ..paths import resolve
 
 LATENT_KEYS = ("rna_encoder", "rna_latent", "rna_beta")
 
@@ -56,7 +56,7 @@ def comparison_runs(models, encoders, runs: dict, out_dir: str, params_dir: str 
 
     `epochs`: 0 trains each run for its chapter's epochs; otherwise this many.
     """
-    from .train import fit
+    from ..training.loop import fit
 
     latent = {"rna_latent": rna_latent, "rna_beta": rna_beta}
     out = {}

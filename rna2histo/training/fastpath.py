@@ -4,8 +4,8 @@ benchmark mode and (opt-in) ``torch.compile``; resolved once per run by `fast_pa
 Every switch left at None ("auto") is on where the device is CUDA and off elsewhere, except
 fused Adam, which is on wherever torch has it (CUDA and CPU): on 2 CPU cores it made the thesis
 presets' training steps 1.07-1.28x faster (measured 2026-12-02, in one run against the unfused
-step). Mixed precision is the loop's `amp` (`rna2histo.train.Step`).
-The training loop and the bench (`rna2histo.bench`) share these switches, so the bench times
+step). Mixed precision is the loop's `amp` (`rna2histo.training.step.Step`).
+The training loop and the bench (`python -m rna2histo bench`) share these switches, so the bench times
 what training runs.
 """
 
@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .errors import UserError
+from ..errors import UserError
 
 SWITCHES = ("channels_last", "fused", "cudnn_benchmark", "compile", "workers")  # fit's parameters
 MAX_AUTO_WORKERS = 8

@@ -16,8 +16,8 @@ from pathlib import Path
 import torch
 from tqdm import tqdm  # plain: tqdm.auto warns in a notebook without ipywidgets
 
-from .cohort import http
-from .errors import UserError
+from ..cohort import http
+from ..errors import UserError
 
 
 @dataclass(frozen=True)

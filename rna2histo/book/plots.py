@@ -64,7 +64,7 @@ def augmentation_examples(dataset, index: int = 0, n: int = 6, seed: int = 0):
     """The same training tile through the augmentations `n` times (first panel: unaugmented)."""
     import torch
 
-    from .data import to_uint8
+    from ..data.dataset import to_uint8
 
     x = dataset[index][0]  # (3, S, S), unaugmented: the loader augments whole batches
     torch.manual_seed(seed)

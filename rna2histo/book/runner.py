@@ -19,9 +19,9 @@ from pathlib import Path
 
 import yaml
 
-from .errors import UserError, where
-from .paths import PARAMS, ROOT, source_version
-from .settings import check_training, default_kind_error, is_real
+from ..errors import UserError, where
+from ..paths import PARAMS, ROOT, source_version
+from ..settings import check_training, default_kind_error, is_real
 
 BUILD = ROOT / "_build"
 
@@ -71,7 +71,7 @@ def read_parameters(path: Path) -> dict:
 
 def model_chapter(model: str) -> Path:
     """The chapter that trains `model`: ``book/NN_<model>.ipynb``."""
-    from .models import model_class
+    from ..models import model_class
 
     model_class(model)  # an unknown model is a UserError naming the known ones
     for notebook in chapters():
@@ -112,14 +112,15 @@ def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, re
 
     Missing parameters take the chapter's defaults; ``image_size`` is checked against the cohort,
     which is built from the embedded default if missing (as in the chapter); every other parameter
-    goes to `rna2histo.train.fit`. A chapter's ``train`` is ignored: this trains. `run_dir` and
+    goes to `rna2histo.training.loop.fit`. A chapter's ``train`` is ignored: this trains. `run_dir` and
     `resume` override the file, as do `overrides` (chapter parameters such as ``rna_encoder``);
-    `compile` turns on ``torch.compile`` (`rna2histo.fastpath`). Under
+    `compile` turns on ``torch.compile`` (`rna2histo.training.fastpath`). Under
     torchrun every process calls this and process 0 builds a missing cohort before the others read
     it; ``batch_size`` is then per process.
     """
-    from . import distributed
-    from .train import fit, pick_device
+    from ..training import distributed
+    from ..training.loop import fit
+    from ..training.step import pick_device
 
     params = {**training_parameters(model, Path(params_file)), **overrides}
     image_size = params.pop("image_size", None)
@@ -206,7 +207,7 @@ def chapter_key(notebook: Path, parameters: dict, previous: str) -> str:
 def outputs_fingerprint(parameters: dict, notebook: Path) -> str:
     """Size and time of the files directly inside the folders a chapter reads and writes (its
     ``*_dir`` parameters and ``runs``): a run deleted or retrained elsewhere is seen."""
-    from .paths import resolve
+    from ..paths import resolve
 
     values = {**chapter_parameters(notebook), **parameters}
     folders = [v for k, v in values.items() if k.endswith("_dir") and isinstance(v, str) and v]
@@ -238,7 +239,7 @@ def _reuse(notebook: Path, parameters: dict, key: str, target: Path) -> bool:
 
 
 def _remember(notebook: Path, parameters: dict, key: str, target: Path) -> None:
-    from .paths import atomic_write
+    from ..paths import atomic_write
 
     executed, record = _cached(notebook)
     atomic_write(executed, lambda tmp: shutil.copy2(target, tmp))
@@ -272,8 +273,8 @@ def build_html(executed: list[Path], headline: str | None = None) -> Path:
 
 def headline(profile: str) -> str | None:
     """The opening page's results table from the profile's evaluation, if it has been run."""
-    from .evaluation.report import headline_markdown
-    from .paths import resolve
+    from ..evaluation.report import headline_markdown
+    from ..paths import resolve
 
     notebook = ROOT / "book" / "05_evaluation.ipynb"
     if not notebook.exists():
@@ -298,8 +299,8 @@ def ensure_cohort(cohort_dir: str | Path, image_size: int | None = None):
     profile whose ``cohort_dir`` names it (``data/cohorts/demo`` is params/demo's), or with
     chapter 00's own defaults (the smoke cohort) for any other folder.
     """
-    from .cohort import build_cohort, is_cohort, load_cohort
-    from .paths import resolve
+    from ..cohort import build_cohort, is_cohort, load_cohort
+    from ..paths import resolve
 
     path = resolve(cohort_dir)
     if not is_cohort(path):
@@ -318,7 +319,7 @@ def ensure_cohort(cohort_dir: str | Path, image_size: int | None = None):
 
 
 def _default_cohort_params(path: Path) -> dict:
-    from .paths import resolve
+    from ..paths import resolve
 
     defaults = chapter_parameters(ROOT / "book" / "00_data.ipynb")
     for profile_file in sorted(PARAMS.glob("*/00_data.yaml")):

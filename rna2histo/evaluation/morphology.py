@@ -44,7 +44,7 @@ from skimage.filters import threshold_otsu
 from skimage.measure import regionprops_table
 from skimage.segmentation import watershed
 
-from .errors import where
+from ..errors import where
 
 DEFAULT_MPP = 0.5  # um per pixel assumed when none is given: the project's 20x tiles
 OD_FLOOR = 0.01  # lowest threshold of the nucleus score, OD units

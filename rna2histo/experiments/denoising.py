@@ -16,9 +16,9 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .data import tiles_to_model, to_uint8
-from .evaluation.detail import high_frequency_ratios
-from .generate import LoadedRun, generate
+from ..data.dataset import tiles_to_model, to_uint8
+from ..evaluation.detail import high_frequency_ratios
+from ..generate import LoadedRun, generate
 
 
 def denoising_ladder(

@@ -1,22 +1,20 @@
-"""The one training loop for every generator (`fit`), and the optimisation step it lends models.
+"""The one training loop for every generator (`fit`), as one generator's run goes through it.
 
 The loop knows no model's losses: a model's ``training_step`` computes them and hands each to
-`Step`, which backpropagates, clips the gradient norm at 1.0 and steps (see
+`rna2histo.training.step.Step`, which backpropagates, clips the gradient norm at 1.0 and steps (see
 `rna2histo.models.base`). The loop owns everything else: seeding, the device, mixed precision,
-the GPU fast path (`rna2histo.fastpath`), validation, ``metrics.csv``, fixed-noise sample grids
+the GPU fast path (`rna2histo.training.fastpath`), validation, ``metrics.csv``, fixed-noise sample grids
 and checkpoints (`rna2histo.runs`).
 
 Every epoch re-seeds from (seed, epoch), so a run stopped after epoch k and resumed from its
 ``last`` checkpoint draws exactly the batches, augmentations and noise of an uninterrupted run.
 
-Under torchrun the same loop trains on several processes (`rna2histo.distributed`): `Step`
+Under torchrun the same loop trains on several processes (`rna2histo.training.distributed`): `Step`
 averages gradients over them, each process trains on its shard of every batch, and process 0
 alone validates and writes the run folder.
 """
-
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import inspect
 import math
@@ -32,105 +30,26 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
-from . import distributed
-from .cohort import load_cohort
-from .data import TileDataset, make_loader, to_uint8
-from .distributed import World
-from .errors import UserError
-from .evaluation.reprediction import ValidationCheck
-from .fastpath import SWITCHES, FastPath, fast_path
-from .latent import Latent, fit_latent, reconstruction_report
-from .models import Generator, build_model
-from .paths import RUNS, atomic_write, resolve, source_version
-from .rna import Normaliser, fit_on_training
-from .runs import (
-    CONTENTS,
-    TRAINING_STATE,
-    load_checkpoint,
+from ..cohort import load_cohort
+from ..data.dataset import TileDataset, make_loader, to_uint8
+from ..data.latent import Latent, fit_latent, reconstruction_report
+from ..data.rna import Normaliser, fit_on_training
+from ..evaluation.reprediction import ValidationCheck
+from ..models import Generator, build_model
+from ..paths import RUNS, atomic_write, resolve
+from ..runs import (
     read_metrics,
     save_checkpoint,
     trained_run,
     write_json,
     write_metrics,
 )
-from .settings import check_fit
-
-CLIP_NORM = 1.0  # the study's gradient-norm clipping
-
-
-class NonFiniteLoss(UserError):
-    """A loss became NaN or inf: training stops, the last good checkpoint is kept."""
-
-
-def cpu_has_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
-    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX): elsewhere bf16 autocast is
-    emulated and slower than fp32. Read from Linux's `cpuinfo`; False where there is none."""
-    try:
-        flags = cpuinfo.read_text().split()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-class Step:
-    """Backward, clip, step and zero for named optimisers, with mixed precision.
-
-    ``step("g", loss)`` optimises the parameters of optimiser "g" only. On CUDA (`amp`), autocast
-    runs in bf16 where the device supports it (no scaler needed), else fp16 with a gradient
-    scaler. On a CPU, `cpu_bf16` asks for bf16 autocast, granted only where the CPU computes bf16
-    natively (`cpu_has_bf16`), else fp32. On several processes the gradients are averaged over
-    them before clipping, as DDP would.
-    """
-
-    def __init__(self, optimizers: dict, device: torch.device, amp: bool = True, world: World = World(),
-                 cpu_bf16: bool = False):
-        self.optimizers = {name: pair[0] for name, pair in optimizers.items()}
-        self.device = device
-        self.world = world
-        self.amp_dtype = None
-        if amp and device.type == "cuda":
-            self.amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        elif cpu_bf16 and device.type == "cpu" and cpu_has_bf16():
-            self.amp_dtype = torch.bfloat16
-        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp_dtype == torch.float16)
-
-    def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
-
-    def __call__(self, name: str, loss: torch.Tensor) -> float:
-        value = float(loss.detach())
-        if not math.isfinite(value) and self.world.size == 1:  # several processes decide together
-            raise NonFiniteLoss(f"loss for optimiser {name!r} is {value}; training stopped")
-        opt = self.optimizers[name]
-        params = [p for group in opt.param_groups for p in group["params"]]
-        opt.zero_grad(set_to_none=True)
-        # Gradients for this optimiser's parameters only: the generator's loss passes through
-        # the discriminator, and its weight gradients there (with the spectral norm's backward)
-        # were most of a thesis cGAN step on a CPU, computed only to be thrown away.
-        self.scaler.scale(loss).backward(inputs=params)
-        if self.world.size > 1:
-            mean = distributed.average_gradients(params, value, self.world)
-            if not math.isfinite(mean):
-                message = f"loss for optimiser {name!r} is {mean} (mean over processes); training stopped"
-                raise NonFiniteLoss(message)
-        self.scaler.unscale_(opt)
-        torch.nn.utils.clip_grad_norm_(params, CLIP_NORM)
-        self.scaler.step(opt)
-        self.scaler.update()
-        return value
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """`auto`: cuda, then mps, then cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+from ..settings import check_fit
+from . import distributed
+from .distributed import World
+from .fastpath import SWITCHES, FastPath, fast_path
+from .identity import matching_checkpoint, record_resume, reusable_run, training_code_version
+from .step import NonFiniteLoss, Step, pick_device
 
 
 def seed_everything(seed: int) -> None:
@@ -329,9 +248,9 @@ def fit(
     `rna_encoder` conditions the model on all normalised genes (``mlp``, the study) or on a
     compact latent fitted on the training patients (``pca`` with `rna_latent` components, or
     ``betavae`` with a `rna_latent`-dimensional posterior mean and KL weight `rna_beta`); see
-    `rna2histo.latent`. The fitted latent is saved in every checkpoint.
+    `rna2histo.data.latent`. The fitted latent is saved in every checkpoint.
 
-    `augment` names the training tiles' augmentation (`rna2histo.augment.augmentation`): "study"
+    `augment` names the training tiles' augmentation (`rna2histo.data.augment.augmentation`): "study"
     (flips, rotations, shift and colour jitter), "geometric" (the same without the colour jitter,
     which the generators learn to draw) or "none".
 
@@ -345,11 +264,11 @@ def fit(
     natively (AVX512-BF16 or AMX), fp32 on one that does not. params.json records what ran as
     ``precision``.
 
-    `batch_size` is per process: under torchrun (`rna2histo.distributed`) a step sees
+    `batch_size` is per process: under torchrun (`rna2histo.training.distributed`) a step sees
     processes x batch_size tiles. ``train=False`` trains nothing and returns the folder of a run
     trained before, e.g. by ``torchrun ... -m rna2histo train``; its ``last`` checkpoint must exist.
 
-    The GPU fast path (`rna2histo.fastpath`): `channels_last`, `cudnn_benchmark` and loader
+    The GPU fast path (`rna2histo.training.fastpath`): `channels_last`, `cudnn_benchmark` and loader
     `workers` with pinned memory are on where the device is CUDA when left at None / "auto", off
     elsewhere; `fused` optimisers wherever torch has them (CUDA and CPU); `compile`
     (``torch.compile`` of each network) is opt-in.
@@ -372,59 +291,13 @@ def fit(
 FIT_KEYWORDS = frozenset(inspect.signature(fit).parameters) - {"options"}
 
 
-# Modules that show, evaluate or orchestrate but never change what training computes: editing them
-# keeps a finished run reusable (`reusable_run`). Every other file of the package counts.
-NOT_TRAINING = ("__main__.py", "bench.py", "book.py", "chapter.py", "plots.py", "downstream.py", "classifier.py",
-                "encoder_comparison.py", "denoising.py", "conditioning.py", "morphology.py", "weights.py",
-                "generate.py", "evaluation/protocol.py", "evaluation/report.py", "evaluation/image_metrics.py",
-                "evaluation/detail.py", "evaluation/faithfulness.py", "evaluation/condition.py")
-# What must match for a finished run to stand for the one asked: who it is, how long it trained,
-# how its best checkpoint was chosen, its model config and the code that trained it.
-REUSE_KEYS = ("epochs", "ckpt_every", "reprediction_tiles", "options", "code_version")
-
-
-def training_code_version() -> str:
-    """A hash of the package's source files that training runs (all but `NOT_TRAINING`)."""
-    return source_version(exclude=NOT_TRAINING)
-
-
-def reusable_run(params: dict) -> Path | None:
-    """The run folder, when it holds a finished run of exactly these settings and this code.
-
-    A run is reused rather than retrained when its ``last`` checkpoint reached the asked epochs and
-    its identity settings, `REUSE_KEYS` and model notes are the asked ones; `resume` asks to
-    continue instead. Says in the terminal what is reused, or why not.
-    """
-    run_dir = resolve(params["run_dir"])
-    last, best = run_dir / "checkpoints" / "last.pt", run_dir / "checkpoints" / "best.pt"
-    if params["resume"] or not (last.exists() and best.exists()):
-        return None
-    try:
-        saved = load_checkpoint(last, mmap=True)
-    except UserError:
-        return None  # an unreadable run is trained afresh, as before
-    old = saved["params"]
-    changed = identity_changes(old, params) + [f"{k}={old.get(k)!r} (asked: {params.get(k)!r})"
-                                               for k in REUSE_KEYS if old.get(k) != params.get(k)]
-    if saved["epoch"] != params["epochs"]:
-        changed.append(f"trained {saved['epoch']} of {old.get('epochs')} epochs")
-    if changed:
-        if params["progress"]:
-            print(f"{params['model']}: retraining {run_dir}: " + "; ".join(changed[:3]), flush=True)
-        return None
-    if params["progress"]:
-        print(f"{params['model']}: reusing the finished run in {run_dir} (same settings and training code "
-              f"{params['code_version']}); delete it or change run_dir to train again", flush=True)
-    return run_dir
-
-
 def _fit(params: dict, options: dict, world: World) -> Path:
     trainer = _make_trainer(params, options, world)
     last = trainer.run_dir / "checkpoints" / "last.pt"
     if params["resume"] and last.exists():
-        state = _matching_checkpoint(last, trainer)
+        state = matching_checkpoint(last, trainer)
         trainer.restore(state)
-        _record_resume(params, state["params"], trainer.epoch)
+        record_resume(params, state["params"], trainer.epoch)
     elif world.main:
         _clear_run(trainer.run_dir)
     if world.main:
@@ -494,81 +367,6 @@ def _fit_latent(params: dict, cohort, normaliser) -> Latent | None:
         settings = {k: v for k, v in latent.settings.items() if k != "history"}
         params["rna_latent_fit"] = {"dim": latent.dim, **settings, "report": report.round(4).to_dict("index")}
     return latent
-
-
-def config_changes(saved, cfg) -> str:
-    """The fields where a run's config (`ModelConfig.from_saved`) and `cfg` differ, as
-    "name: saved -> now", or ""."""
-    old, now = saved.to_dict(), cfg.to_dict()
-    return ", ".join(f"{k}: {old[k]!r} -> {now[k]!r}" for k in sorted(now) if old[k] != now[k])
-
-
-# What a run is: a resume that changes one of these would continue another run under this one's
-# name. The rest (epochs aside, checked below) may change on resume: where it runs, how often it
-# keeps checkpoints, what it shows; params.json then lists the changes under "resumes".
-IDENTITY = ("model", "cohort_dir", "seed", "batch_size", "model_size", "augment", "amp", "cpu_bf16",
-            "rna_encoder", "rna_latent", "rna_beta")
-RESUMABLE = ("epochs", "ckpt_every", "device", "workers", "channels_last", "fused",
-             "cudnn_benchmark", "compile", "sample_patients", "progress", "reprediction_tiles")
-
-
-def _identity(params: dict, key: str):
-    value = params.get(key)
-    return str(resolve(value)) if key == "cohort_dir" and value is not None else value
-
-
-def identity_changes(saved: dict, asked: dict) -> list[str]:
-    """The identity settings where a run's saved params and the asked ones differ, as
-    "name=saved (asked: now)"; a setting an older run did not record is not compared."""
-    return [f"{k}={_identity(saved, k)!r} (asked: {_identity(asked, k)!r})" for k in IDENTITY
-            if k in saved and _identity(saved, k) != _identity(asked, k)]
-
-
-def _record_resume(params: dict, saved: dict, epoch: int) -> None:
-    """params.json tells the truth about a resumed run: which settings changed at which epoch."""
-    changed = {k: [saved.get(k), params.get(k)] for k in RESUMABLE if saved.get(k) != params.get(k)}
-    params["resumes"] = [*saved.get("resumes", []), {"epoch": epoch, "changed": changed}]
-
-
-def _matching_checkpoint(path: Path, trainer: Trainer) -> dict:
-    state = load_checkpoint(path, map_location=trainer.device, needs=CONTENTS + TRAINING_STATE)
-    changed = identity_changes(state["params"], trainer.params)
-    if changed:
-        raise UserError(f"{path}: cannot resume: the run was trained with {', '.join(changed)}; "
-                        "resume with the run's settings or use another run_dir")
-    encoder = state["params"].get("rna_encoder", "mlp"), state["params"].get("rna_latent_fit")
-    if encoder != (trainer.params["rna_encoder"], trainer.params.get("rna_latent_fit")):
-        dim = "" if encoder[1] is None else f" with {encoder[1]['dim']} dimensions"
-        raise UserError(f"{path}: cannot resume: the run was conditioned through rna_encoder={encoder[0]!r}{dim}; "
-                        "use the same rna_encoder settings or another run_dir")
-    if state["model"] != trainer.model.name:
-        raise UserError(f"{path}: cannot resume: it holds a different model ({state['model']}); "
-                        "use another run_dir")
-    try:
-        saved = type(trainer.model.cfg).from_saved(state["config"])
-    except UserError as err:
-        raise UserError(f"{path}: cannot resume: {err}; use another run_dir") from None
-    changed = config_changes(saved, trainer.model.cfg)
-    if changed:
-        raise UserError(f"{path}: cannot resume: it holds a different model config ({changed}); "
-                        "use another run_dir")
-    notes = state["params"].get("model_notes", {})
-    if notes != trainer.params["model_notes"]:
-        raise UserError(f"{path}: cannot resume: the run had {notes}, this machine gives {trainer.params['model_notes']}")
-    planned = state["params"]["epochs"]
-    if planned != trainer.params["epochs"]:
-        # the LR schedules were built for the planned length; stretching them would change them
-        raise UserError(
-            f"{path}: cannot resume: the run was planned for {planned} epochs and its learning-rate "
-            f"schedule depends on it (asked: {trainer.params['epochs']}); use epochs={planned} or a new run_dir"
-        )
-    processes = state["params"].get("processes", 1)
-    if processes != trainer.params["processes"]:
-        raise UserError(
-            f"{path}: cannot resume: the run trained on {processes} processes, a step on "
-            f"{processes} x {state['params']['batch_size']} tiles; resume it on {processes} or use a new run_dir"
-        )
-    return state
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -122,7 +122,7 @@ def augmentation(name: str, image_size: int) -> StudyAugment | None:
     stains no slide has (a 10% hue turn makes eosin orange), and the generators drew them. It is a
     classifier's augmentation, where invariance to stain is the point.
     """
-    from .errors import UserError
+    from ..errors import UserError
 
     if name == "study":
         return StudyAugment(image_size)

@@ -5,7 +5,7 @@ profile `c` (G,) of its patient, and `p`, the patient's position in ``cohort.pat
 Tiles stay uint8 in the memory-mapped ``tiles.npy`` and are converted one at a time, so a
 20,000-tile cohort never exists as floats in memory. The training split's augmentations are
 drawn per tile but applied to the whole batch at once, by the loader's collate step
-(`TileDataset.collate`, `rna2histo.augment.StudyAugment`).
+(`TileDataset.collate`, `rna2histo.data.augment.StudyAugment`).
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from .augment import augmentation
-from .cohort import Cohort
+from ..cohort import Cohort
 from .rna import Normaliser
 
 
@@ -41,13 +41,13 @@ class TileDataset(Dataset):
     """Tiles of one split with their patients' normalised RNA; augmented on `train` by default."""
 
     def __init__(self, cohort: Cohort, split: str | None, normaliser: Normaliser, augment=None, latent=None):
-        """`augment`: an `rna2histo.augment.augmentation` name; None: the study's on the training
+        """`augment`: an `rna2histo.data.augment.augmentation` name; None: the study's on the training
         split, none elsewhere."""
         self.tiles_path = cohort.root / "tiles.npy"
         self.indices = cohort.tile_indices(split)
         patients = cohort.patients()
         z, self.alignment = normaliser.transform(cohort.rna)
-        # (P, G) for every cohort patient, or (P, k) through a fitted RNA latent (rna2histo.latent)
+        # (P, G) for every cohort patient, or (P, k) through a fitted RNA latent (rna2histo.data.latent)
         self.c = torch.tensor(latent.encode(z) if latent is not None else z.to_numpy(), dtype=torch.float32)
         position = {p: i for i, p in enumerate(patients)}
         ids = cohort.tiles_table["patient_id"].to_numpy()[self.indices]
@@ -69,7 +69,7 @@ class TileDataset(Dataset):
 
     def collate(self, samples):
         """Samples -> a batch (x, c, p), augmented here on the training split, where the colour
-        jitter is one matrix product for the whole batch (`rna2histo.augment`)."""
+        jitter is one matrix product for the whole batch (`rna2histo.data.augment`)."""
         x, c, p = default_collate(samples)
         return (self.augment(x) if self.augment is not None else x), c, p
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .errors import where
-from .paths import atomic_write
+from ..errors import where
+from ..paths import atomic_write
 
 MIN_STD = 1e-6  # below this a gene is constant in training (log2 units)
 

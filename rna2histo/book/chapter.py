@@ -5,13 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from ..data.rna import fit_on_training
+from ..evaluation.conditioning import conditioning_difference
+from ..experiments.denoising import denoising_ladder
+from ..generate import LoadedRun, load_run, real_and_generated
+from ..paths import resolve
 from . import plots
-from .book import ensure_cohort
-from .conditioning import conditioning_difference
-from .denoising import denoising_ladder
-from .generate import LoadedRun, load_run, real_and_generated
-from .paths import resolve
-from .rna import fit_on_training
+from .runner import ensure_cohort
 
 
 def prepare(cohort_dir: str, image_size: int):
@@ -55,7 +55,7 @@ def conditioning(trained: LoadedRun, cohort, seed: int = 0, n_noise: int = 4, ma
 
 def denoising(trained: LoadedRun, cohort, levels=(50, 150, 300, 600, 999), patients: int = 4,
               per_patient: int = 2, seed: int = 0, **sample_kw):
-    """The diffusion model's denoising ladder (`rna2histo.denoising`) on `per_patient` tiles of
+    """The diffusion model's denoising ladder (`rna2histo.experiments.denoising`) on `per_patient` tiles of
     the first `patients` validation patients: a figure of the real tiles, each level's results
     and the samples from pure noise, and the ladder's table."""
     real = cohort.patient_tiles(cohort.patients("val")[:patients], per_patient)

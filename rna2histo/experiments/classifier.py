@@ -4,7 +4,7 @@
 `roc_auc` scores it from ranks, `auc_ci` adds a 95% interval over resampled test patients
 (the project's one patient bootstrap, `rna2histo.evaluation.stats`) and `auc_difference_ci`
 the paired difference between two classifiers on the same patients. Used by
-`rna2histo.downstream`.
+`rna2histo.experiments.downstream`.
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import torch
 from scipy.stats import rankdata
 from torch import nn
 
-from .augment import colour_jitter, geometry, in_unit_range
-from .data import to_model_range
-from .errors import UserError
-from .evaluation import stats
+from ..data.augment import colour_jitter, geometry, in_unit_range
+from ..data.dataset import to_model_range
+from ..errors import UserError
+from ..evaluation import stats
 
 
 class TileClassifier(nn.Module):

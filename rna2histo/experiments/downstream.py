@@ -32,12 +32,12 @@ from numbers import Real
 import numpy as np
 import pandas as pd
 
+from ..data.rna import Normaliser, program_scores
+from ..errors import UserError
+from ..generate import generate, load_run
+from ..markers import MARKERS
+from ..paths import resolve
 from .classifier import MIN_PATIENTS_PER_CLASS, auc_ci, auc_difference_ci, predict, train_classifier
-from .errors import UserError
-from .generate import generate, load_run
-from .markers import MARKERS
-from .paths import resolve
-from .rna import Normaliser, program_scores
 
 PROGRAM = "immune"
 FRACTIONS = (0.1, 0.25, 0.5, 1.0)
