@@ -30,13 +30,11 @@ from .pipeline import cohort_build_rate, epoch_cohort, epoch_memory, pipeline_ra
 # The issue's CPU targets, reported (never asserted): thesis training steps at batch 16 use at
 # least 30% of the matmul rate, the data pipeline feeds 5x the fastest model, an epoch stays small.
 TARGET_MFU, TARGET_PIPELINE_RATIO, TARGET_EPOCH_GB = 0.30, 5.0, 1.5
-
-
 TARGET_BOOK_S, TARGET_BOOK_GB = 1800.0, 3.0  # `make book --profile demo`: 30 minutes (issue 24), 3 GB
 
 
 def run(device="cpu", quick=False, settings: Settings | None = None, progress=None) -> dict:
-    """Every measurement of the module docstring; `progress(message)` hears what starts."""
+    """Every measurement of the package docstring (`rna2histo.bench`); `progress(message)` hears what starts."""
     dev = check_device(device)
     s = settings or default_settings(dev, quick)
     say = progress or (lambda message: None)
