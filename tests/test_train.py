@@ -230,3 +230,21 @@ def test_a_finished_run_of_the_same_settings_and_code_is_reused_and_a_changed_on
     out = capsys.readouterr().out
     assert "retraining" in out and "seed=0 (asked: 1)" in out
     assert load_checkpoint(run / "checkpoints" / "last.pt")["params"]["seed"] == 1
+
+
+def test_the_training_code_version_leaves_out_whole_packages_and_counts_the_rest():
+    from pathlib import Path
+
+    import rna2histo
+    from rna2histo.paths import source_version
+    from rna2histo.training.identity import NOT_TRAINING, training_code_version
+
+    package = Path(rna2histo.__file__).parent
+    bench_files = tuple(p.relative_to(package).as_posix() for p in (package / "bench").rglob("*.py"))
+    assert len(bench_files) > 1
+    # "bench/" leaves out exactly the package's files, nothing more
+    assert source_version(exclude=("bench/",)) == source_version(exclude=bench_files) != source_version()
+    assert training_code_version() == source_version(exclude=NOT_TRAINING)
+    # the loop and the held-out check that picks the best checkpoint are training code
+    for counted in ("training/loop.py", "evaluation/reprediction.py", "models/diffusion.py"):
+        assert training_code_version() != source_version(exclude=(*NOT_TRAINING, counted))
