@@ -43,10 +43,10 @@ keep_slides = True  # tcga: keep the downloaded slides; False deletes each once 
 cache_dir = ""  # tcga: downloads and per-slide records; empty means next to cohort_dir
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with
+from rna2histo.book.parameters import check_parameters
 
-check_parameters()
+params = check_parameters("00_data")
 
 # %% tags=[]
 import pandas as pd

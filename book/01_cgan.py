@@ -97,20 +97,6 @@ cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default
 run_dir = "runs/cgan/smoke"  # checkpoints, metrics.csv and sample grids go here
 epochs = 30  # passes over the training tiles (the study: 50)
 batch_size = 8  # tiles per step (the study: 16)
-image_size = 64  # tile side in pixels; must match the cohort
-model_size = "small"  # "small" (CPU) or "thesis" (the study's architecture)
-device = "auto"  # "auto" picks cuda, then mps, then cpu
-seed = 0  # seeds initialisation, batches, augmentation and noise
-resume = False  # continue from the run's last checkpoint
-amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
-cpu_bf16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); fp32 elsewhere
-ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
-reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
-rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
-rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
-rna_beta = 1.0  # betavae: weight of the KL term
-augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
-train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 z_dim = 64  # noise dimension (the study: 128)
 lr_g = 2e-4  # generator learning rate (the study: 5e-5, too slow for a CPU budget)
 lr_d = 2e-4  # discriminator learning rate (the study: 2e-4)
@@ -120,20 +106,14 @@ g_depth = 1  # convs per resolution in G: 1 (the study); 2 lets the cells of its
 d_augment = "none"  # DiffAugment for D's inputs: "none" (the study) or a subset of "color,translation,cutout"
 loss = "bce"  # the game: "bce" with smoothed labels (the study) or "hinge"
 d_patch = 0  # 0: D judges whole tiles (the study); k: also each position of its k-th map
+# beside these, the settings every model chapter shares (image_size, device, seed, rna_encoder, ...)
+# are in `rna2histo.book.parameters.TRAINING`: the table below shows all; set any of them here too
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with, then loads the cohort
+from rna2histo.book.chapter import ModelChapter
 
-check_parameters()
-
-# %% tags=[]
-from rna2histo.book import chapter
-from rna2histo.models import architecture_table
-from rna2histo.training.loop import fit
-
-# %% tags=[]
-cohort, n_genes = chapter.prepare(cohort_dir, image_size)
+cgan = ModelChapter("cgan")
 
 # %% [markdown] tags=[]
 # ## The architecture
@@ -143,7 +123,7 @@ cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 # (16,383 x 2,048).
 
 # %% tags=[]
-architecture_table("cgan", n_genes, image_size)
+cgan.architecture()
 
 # %% [markdown] tags=[]
 # ## Training
@@ -160,35 +140,7 @@ architecture_table("cgan", n_genes, image_size)
 # selects; no loss sees it.
 
 # %% tags=["nbval-ignore-output"]
-run = fit(
-    "cgan",
-    cohort_dir,
-    run_dir,
-    epochs=epochs,
-    batch_size=batch_size,
-    model_size=model_size,
-    device=device,
-    seed=seed,
-    resume=resume,
-    amp=amp,
-    cpu_bf16=cpu_bf16,
-    ckpt_every=ckpt_every,
-    reprediction_tiles=reprediction_tiles,
-    z_dim=z_dim,
-    lr_g=lr_g,
-    lr_d=lr_d,
-    upsample=upsample,
-    g_depth=g_depth,
-    d_augment=d_augment,
-    loss=loss,
-    d_patch=d_patch,
-    w_diverse=w_diverse,
-    rna_encoder=rna_encoder,
-    rna_latent=rna_latent,
-    rna_beta=rna_beta,
-    augment=augment,
-    train=train,
-)
+cgan.train()
 
 # %% [markdown] tags=[]
 # ## Losses
@@ -204,17 +156,13 @@ run = fit(
 # checkpoint: that is the last epoch, or, with `reprediction_tiles` $> 0$, the epoch of the highest
 # held-out re-prediction (the other models keep their lowest validation loss, or the same).
 
-# %% tags=["nbval-ignore-output"]
-fig, last_epochs = chapter.training_report(run_dir)
-last_epochs
-
 # %% [markdown] tags=[]
 # ## Real and generated tiles
 # Validation patients (rows): real tiles on the left, tiles generated from the patient's RNA
 # with the `best` checkpoint on the right.
 
 # %% tags=[]
-trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
+cgan.samples()
 
 # %% [markdown] tags=[]
 # ## Does it listen to the RNA?
@@ -231,7 +179,7 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # compares the encoders) gives the generator only what the programs share across patients.
 
 # %% tags=["nbval-ignore-output"]
-chapter.conditioning(trained, cohort, seed=seed)
+cgan.conditioning()
 
 # %% [markdown] tags=[]
 # ## Summary

@@ -34,38 +34,18 @@ cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default
 run_dir = "runs/cvae/smoke"  # checkpoints, metrics.csv and sample grids go here
 epochs = 30  # passes over the training tiles (the study: 40)
 batch_size = 8  # tiles per step (the study: 16)
-image_size = 64  # tile side in pixels; must match the cohort
-model_size = "small"  # "small" (CPU) or "thesis" (the study's architecture)
-device = "auto"  # "auto" picks cuda, then mps, then cpu
-seed = 0  # seeds initialisation, batches, augmentation and noise
-resume = False  # continue from the run's last checkpoint
-amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
-cpu_bf16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); fp32 elsewhere
-ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
-reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
-rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
-rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
-rna_beta = 1.0  # betavae: weight of the KL term
-augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
-train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 z_dim = 64  # latent dimension (the study: 256)
 beta = 0.1  # KL weight per pixel value (2 sigma_x^2; 0.1 means sigma_x ~ 0.22)
 lr = 1e-4  # Adam learning rate (the study: 1e-4)
 upsample = "transposed"  # decoder up-sampling: "transposed" (the study) or "resize" (no checkerboard)
+# beside these, the settings every model chapter shares (image_size, device, seed, rna_encoder, ...)
+# are in `rna2histo.book.parameters.TRAINING`: the table below shows all; set any of them here too
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with, then loads the cohort
+from rna2histo.book.chapter import ModelChapter
 
-check_parameters()
-
-# %% tags=[]
-from rna2histo.book import chapter
-from rna2histo.models import architecture_table
-from rna2histo.training.loop import fit
-
-# %% tags=[]
-cohort, n_genes = chapter.prepare(cohort_dir, image_size)
+cvae = ModelChapter("cvae")
 
 # %% [markdown] tags=[]
 # ## The architecture
@@ -74,46 +54,19 @@ cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 # widths are not given, so the `thesis` preset matches its total within 10%.
 
 # %% tags=[]
-architecture_table("cvae", n_genes, image_size)
+cvae.architecture()
 
 # %% [markdown] tags=[]
 # ## Training
 # The shared loop (`rna2histo.training.loop.fit`) with the cVAE's single optimiser and step schedule.
 
 # %% tags=["nbval-ignore-output"]
-run = fit(
-    "cvae",
-    cohort_dir,
-    run_dir,
-    epochs=epochs,
-    batch_size=batch_size,
-    model_size=model_size,
-    device=device,
-    seed=seed,
-    resume=resume,
-    amp=amp,
-    cpu_bf16=cpu_bf16,
-    ckpt_every=ckpt_every,
-    reprediction_tiles=reprediction_tiles,
-    z_dim=z_dim,
-    beta=beta,
-    lr=lr,
-    upsample=upsample,
-    rna_encoder=rna_encoder,
-    rna_latent=rna_latent,
-    rna_beta=rna_beta,
-    augment=augment,
-    train=train,
-)
+cvae.train()
 
 # %% [markdown] tags=[]
 # ## Losses
 # The validation loss is the training objective on held-out patients, decoding $z = \mu$.
 # Reconstruction falls steadily; the KL term rises as the encoder starts to use the latent.
-
-# %% tags=["nbval-ignore-output"]
-fig, last_epochs = chapter.training_report(run_dir)
-last_epochs
 
 # %% [markdown] tags=[]
 # ## Real and generated tiles
@@ -123,7 +76,7 @@ last_epochs
 # the cVAE comes from this blur, not from realism.
 
 # %% tags=[]
-trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
+cvae.samples()
 
 # %% [markdown] tags=[]
 # ## Does it listen to the RNA?
@@ -131,7 +84,7 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # patients' RNA, next to the same for gene-shuffled profiles (see the cGAN chapter).
 
 # %% tags=["nbval-ignore-output"]
-chapter.conditioning(trained, cohort, seed=seed)
+cvae.conditioning()
 
 # %% [markdown] tags=[]
 # ## Summary

@@ -48,39 +48,19 @@ cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default
 run_dir = "runs/diffusion/smoke"  # checkpoints, metrics.csv and sample grids go here
 epochs = 4  # passes over the training tiles (the study: 50)
 batch_size = 8  # tiles per step (the study: 8)
-image_size = 64  # tile side in pixels; must match the cohort
-model_size = "small"  # "small" (CPU) or "thesis" (the study's architecture)
-device = "auto"  # "auto" picks cuda, then mps, then cpu
-seed = 0  # seeds initialisation, batches, augmentation and noise
-resume = False  # continue from the run's last checkpoint
-amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
-cpu_bf16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); fp32 elsewhere
-ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
-reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
-rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
-rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
-rna_beta = 1.0  # betavae: weight of the KL term
-augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
-train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 sample_steps = 5  # DDIM steps for sample grids and generation (the study: 50)
 guidance = 1.0  # classifier-free guidance scale s; 1 is plain conditional sampling (the study)
 cond_dropout = 0.1  # probability of training without the RNA (enables guidance)
 lr = 1e-4  # AdamW learning rate (the study: 1e-4)
 prediction = "eps"  # what the U-Net outputs: "eps", the noise (the study), or "v" (see the objective)
+# beside these, the settings every model chapter shares (image_size, device, seed, rna_encoder, ...)
+# are in `rna2histo.book.parameters.TRAINING`: the table below shows all; set any of them here too
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with, then loads the cohort
+from rna2histo.book.chapter import ModelChapter
 
-check_parameters()
-
-# %% tags=[]
-from rna2histo.book import chapter
-from rna2histo.models import architecture_table
-from rna2histo.training.loop import fit
-
-# %% tags=[]
-cohort, n_genes = chapter.prepare(cohort_dir, image_size)
+diffusion = ModelChapter("diffusion")
 
 # %% [markdown] tags=[]
 # ## The architecture
@@ -89,7 +69,7 @@ cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 # 128, 128 and 256 channels with two residual blocks each, has 17.6M.
 
 # %% tags=[]
-architecture_table("diffusion", n_genes, image_size)
+diffusion.architecture()
 
 # %% [markdown] tags=[]
 # ## Training
@@ -97,31 +77,7 @@ architecture_table("diffusion", n_genes, image_size)
 # uses it for validation and sampling.
 
 # %% tags=["nbval-ignore-output"]
-run = fit(
-    "diffusion",
-    cohort_dir,
-    run_dir,
-    epochs=epochs,
-    batch_size=batch_size,
-    model_size=model_size,
-    device=device,
-    seed=seed,
-    resume=resume,
-    amp=amp,
-    cpu_bf16=cpu_bf16,
-    ckpt_every=ckpt_every,
-    reprediction_tiles=reprediction_tiles,
-    sample_steps=sample_steps,
-    guidance=guidance,
-    cond_dropout=cond_dropout,
-    lr=lr,
-    prediction=prediction,
-    rna_encoder=rna_encoder,
-    rna_latent=rna_latent,
-    rna_beta=rna_beta,
-    augment=augment,
-    train=train,
-)
+diffusion.train()
 
 # %% [markdown] tags=[]
 # ## Losses
@@ -131,10 +87,6 @@ run = fit(
 # the noise is hard to tell from texture; a small $\epsilon$-MSE at large $t$ can still mean
 # noisy samples (the amplification above), which is why the samples below are the judge.
 
-# %% tags=["nbval-ignore-output"]
-fig, last_epochs = chapter.training_report(run_dir)
-last_epochs
-
 # %% [markdown] tags=[]
 # ## Real and generated tiles
 # Validation patients (rows): real tiles on the left, DDIM samples from the patient's RNA on
@@ -143,7 +95,7 @@ last_epochs
 # show the model.
 
 # %% tags=[]
-trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
+diffusion.samples()
 
 # %% [markdown] tags=[]
 # ## Does it listen to the RNA?
@@ -151,7 +103,7 @@ trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
 # given the noise), next to gene-shuffled profiles (see the cGAN chapter).
 
 # %% tags=["nbval-ignore-output"]
-chapter.conditioning(trained, cohort, seed=seed)
+diffusion.conditioning()
 
 # %% [markdown] tags=[]
 # ## Where does the grain come from?
@@ -174,8 +126,7 @@ chapter.conditioning(trained, cohort, seed=seed)
 # samples from pure noise draw them too (`params/demo/03_diffusion.yaml` has the runs).
 
 # %% tags=["nbval-ignore-output"]
-fig, ladder = chapter.denoising(trained, cohort, seed=seed)
-ladder
+diffusion.denoising()
 
 # %% [markdown] tags=[]
 # ## Summary

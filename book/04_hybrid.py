@@ -57,20 +57,6 @@ cohort_dir = "data/cohorts/smoke"  # the cohort; built from the embedded default
 run_dir = "runs/hybrid/smoke"  # checkpoints, metrics.csv and sample grids go here
 epochs = 20  # passes over the training tiles (the study: 60)
 batch_size = 8  # tiles per step (the study: 16)
-image_size = 64  # tile side in pixels; must match the cohort
-model_size = "small"  # "small" (CPU) or "thesis" (the study's architecture)
-device = "auto"  # "auto" picks cuda, then mps, then cpu
-seed = 0  # seeds initialisation, batches, augmentation and noise
-resume = False  # continue from the run's last checkpoint
-amp = True  # mixed precision on CUDA (bf16 where supported, else fp16); no effect on CPU
-cpu_bf16 = False  # bf16 autocast on a CPU with native bf16 (AVX512-BF16, AMX); fp32 elsewhere
-ckpt_every = 10  # keep a checkpoint every this many epochs (plus best and last)
-reprediction_tiles = 0  # > 0: tiles per val patient for the held-out re-prediction check that picks best
-rna_encoder = "mlp"  # "mlp" (all genes, the study), "pca" or "betavae" (a compact latent; chapter 06)
-rna_latent = 200  # pca / betavae: latent dimensions (pca: at most training patients - 1)
-rna_beta = 1.0  # betavae: weight of the KL term
-augment = "study"  # "study" (flips, rotations, shift, colour jitter), "geometric" (no jitter), "none"
-train = True  # False: show the run in run_dir as trained before (python -m rna2histo train, torchrun)
 perceptual = "auto"  # "auto", "lpips" (requires the AlexNet weights) or "none"
 z_dim = 64  # latent dimension (the study: 128)
 lr_g = 2e-4  # encoder and decoder learning rate (the study: 5e-5, too slow for a CPU budget)
@@ -82,20 +68,14 @@ w_diverse = 0.0  # weight of the mode-seeking term on prior samples; 0 is the st
 loss = "bce"  # the game: "bce" with smoothed labels (the study) or "hinge"
 d_patch = 0  # 0: D judges whole tiles (the study); k: also each position of its k-th map
 g_depth = 1  # convs per resolution in the decoder: 1 (the study); 2 as in chapter 01
+# beside these, the settings every model chapter shares (image_size, device, seed, rna_encoder, ...)
+# are in `rna2histo.book.parameters.TRAINING`: the table below shows all; set any of them here too
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with, then loads the cohort
+from rna2histo.book.chapter import ModelChapter
 
-check_parameters()
-
-# %% tags=[]
-from rna2histo.book import chapter
-from rna2histo.models import architecture_table
-from rna2histo.training.loop import fit
-
-# %% tags=[]
-cohort, n_genes = chapter.prepare(cohort_dir, image_size)
+hybrid = ModelChapter("hybrid")
 
 # %% [markdown] tags=[]
 # ## The architecture
@@ -103,44 +83,14 @@ cohort, n_genes = chapter.prepare(cohort_dir, image_size)
 # cGAN decoder and discriminator at the study's sizes.
 
 # %% tags=[]
-architecture_table("hybrid", n_genes, image_size)
+hybrid.architecture()
 
 # %% [markdown] tags=[]
 # ## Training
 # The shared loop (`rna2histo.training.loop.fit`) with two optimisers, the discriminator's step first.
 
 # %% tags=["nbval-ignore-output"]
-run = fit(
-    "hybrid",
-    cohort_dir,
-    run_dir,
-    epochs=epochs,
-    batch_size=batch_size,
-    model_size=model_size,
-    device=device,
-    seed=seed,
-    resume=resume,
-    amp=amp,
-    cpu_bf16=cpu_bf16,
-    ckpt_every=ckpt_every,
-    reprediction_tiles=reprediction_tiles,
-    perceptual=perceptual,
-    z_dim=z_dim,
-    lr_g=lr_g,
-    lr_d=lr_d,
-    w_kl=w_kl,
-    w_recon=w_recon,
-    w_diverse=w_diverse,
-    loss=loss,
-    d_patch=d_patch,
-    g_depth=g_depth,
-    upsample=upsample,
-    rna_encoder=rna_encoder,
-    rna_latent=rna_latent,
-    rna_beta=rna_beta,
-    augment=augment,
-    train=train,
-)
+hybrid.train()
 
 # %% [markdown] tags=[]
 # ## Losses
@@ -151,26 +101,20 @@ run = fit(
 # first epoch to between 0.82 and 1.12 from epoch 20 on, lowest at epoch 47, whose tiles looked
 # like the last epoch's; $L_1$ on the training tiles stayed between 0.28 and 0.29 throughout.
 
-# %% tags=["nbval-ignore-output"]
-fig, last_epochs = chapter.training_report(run_dir)
-last_epochs
-
 # %% [markdown] tags=[]
 # ## Real and generated tiles
 # Validation patients (rows): real tiles on the left, tiles decoded from the prior with the
 # patient's RNA on the right (`best` checkpoint).
 
 # %% tags=[]
-trained, fig = chapter.samples(run_dir, cohort, "best", seed=seed)
+hybrid.samples()
 
 # %% [markdown] tags=[]
 # Whether this run had its perceptual term (it depends on the machine, so the tests do not
 # compare this output):
 
 # %% tags=["nbval-ignore-output"]
-mode = trained.checkpoint["params"]["model_notes"]["perceptual"]
-reason = " (the AlexNet weights are not on this machine)" if mode == "none" and perceptual == "auto" else ""
-print(f"perceptual term: {'OFF' if mode == 'none' else mode}{reason}")
+print(hybrid.perceptual_term())
 
 # %% [markdown] tags=[]
 # ## Does it listen to the RNA?
@@ -178,7 +122,7 @@ print(f"perceptual term: {'OFF' if mode == 'none' else mode}{reason}")
 # cGAN chapter).
 
 # %% tags=["nbval-ignore-output"]
-chapter.conditioning(trained, cohort, seed=seed)
+hybrid.conditioning()
 
 # %% [markdown] tags=[]
 # ## Summary

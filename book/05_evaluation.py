@@ -79,10 +79,10 @@ perceptual = "auto"  # LPIPS: "auto" (when the AlexNet weights are present), "lp
 inception_weights = ""  # a weights file for FID/KID; empty: the pretrained InceptionV3 of torch-fidelity
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with
+from rna2histo.book.parameters import check_parameters
 
-check_parameters()
+params = check_parameters("05_evaluation")
 
 # %% tags=[]
 import pandas as pd

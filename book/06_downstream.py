@@ -27,8 +27,8 @@
 # 2. **Downstream utility.** From one real tile, predict a patient-level label derived from
 #    RNA: immune-high vs immune-low by the median immune-program score of the training patients
 #    (on a simulated cohort also the true immune-program level). A small CNN is trained on the
-#    real tiles of 10%, 25%, 50% and 100% of the training patients (the profiles; the smoke
-#    defaults use 25% and 100%), alone and with tiles each
+#    real tiles of 25% and 100% of the training patients (the thesis profile also 10% and
+#    50%), alone and with tiles each
 #    generator made from RNA: of the same patients, or of the *other* training patients, whose
 #    slides we hide (the use case of RNA without slides). Every classifier is scored on the real
 #    test tiles (ROC AUC, 95% interval over test patients), and each generator also trains a
@@ -52,7 +52,7 @@ comparison_dir = "runs/encoders/smoke"  # runs of the comparison that the chapte
 comparison_epochs = 5  # epochs of every comparison run; 0: its chapter's (whose own run is then reused)
 n_per_patient = 7  # generated tiles per test patient for the faithfulness measures
 tasks = ["rna"]  # labels: "rna" (immune score from RNA), "truth" (simulated cohorts only; demo, thesis: both)
-fractions = [0.25, 1.0]  # shares of training patients whose slides the classifier sees (demo, thesis: 0.1, 0.25, 0.5, 1)
+fractions = [0.25, 1.0]  # shares of training patients whose slides the classifier sees (thesis: 0.1, 0.25, 0.5, 1)
 synthetic_per_patient = 0  # generated tiles per training patient; 0: as many as real tiles
 sample_steps = 4  # DDIM steps of the diffusion model's tiles and conditioning check here (its default: 50)
 classifier_steps = 40  # optimisation steps of every classifier, whatever its pool size
@@ -62,10 +62,10 @@ seed = 0  # seeds the latents, generation, patient subsets, classifiers and boot
 device = "auto"  # "auto" picks cuda, then mps, then cpu
 
 # %% tags=[]
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
+# refuses a parameter papermill only warns of, and shows the values this chapter runs with
+from rna2histo.book.parameters import check_parameters
 
-check_parameters()
+params = check_parameters("06_downstream")
 
 # %% tags=[]
 import pandas as pd

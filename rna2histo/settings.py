@@ -2,10 +2,10 @@
 
 - `check_number`: one number against its kind (whole or finite) and range; the model configs
   (`rna2histo.models.base.ModelConfig.preset`) and the training loop (`check_fit`) use it.
-- `check_parameters`: called by the cell after each chapter's ``parameters`` cell, it refuses
-  names that papermill injected but the chapter does not declare (papermill itself only warns,
-  so ``-p epochz 1`` would run the defaults), values whose type differs from the default's, and
-  numbers outside their `CHAPTER_RANGES` entry.
+- `assigned`, `check_like_default`, `check_range`, `unknown_message`: what
+  `rna2histo.book.parameters.check_parameters` refuses in a chapter's injected parameters: names
+  the chapter does not declare, values of another type than the default's, numbers outside their
+  `CHAPTER_RANGES` entry.
 """
 
 from __future__ import annotations
@@ -106,16 +106,6 @@ def check_fit(params: dict) -> None:
         _check_model_options(params["model"], params.get("model_size", "small"), params.get("options", {}))
 
 
-def check_training(model: str, params: dict) -> None:
-    """A model chapter's parameters (`rna2histo.book.runner.training_parameters`) as fit will take them:
-    its keywords, and the rest (z_dim, lr, ...) as the model's config overrides."""
-    from .training.loop import FIT_KEYWORDS as keywords
-
-    check_number("image_size", params.get("image_size", 1), int, AT_LEAST_ONE)
-    options = {k: v for k, v in params.items() if k not in keywords and k != "image_size"}
-    check_fit({**{k: v for k, v in params.items() if k in keywords}, "model": model, "options": options})
-
-
 def _check_model_options(model: str, model_size: str, options: dict) -> None:
     """Build the model's config (not the model): unknown fields, model_size and numbers refused."""
     from .models import model_class
@@ -123,51 +113,7 @@ def _check_model_options(model: str, model_size: str, options: dict) -> None:
     model_class(model).Config.preset(model_size, **options)
 
 
-# --- a chapter's parameters, as papermill injected them -------------------------------------
-
-INJECTED_HEADER = "# Parameters"  # the first line of the cell papermill inserts after "parameters"
-
-# The cell every chapter has right after its parameters cell (tests/test_parameters_hostile.py)
-CHECK_CELL = """\
-# papermill only warns of a parameter this chapter does not declare, then runs the defaults
-from rna2histo.settings import check_parameters
-
-check_parameters()"""
-
-
-def check_parameters() -> None:
-    """Refuse injected parameters the chapter does not declare, or of another type than its default.
-
-    Called by the cell right after the chapter's ``parameters`` cell. Under papermill (the CLI or
-    `rna2histo.book.runner.execute`) the cells run before it are, in IPython's input history, the
-    parameters cell and then papermill's injected cell, headed ``# Parameters``. In a plain run
-    (Jupyter, nbval, no parameters given) the cell before is the parameters cell: nothing to check.
-    """
-    history = _input_history()
-    if history is None or len(history) < 3 or not history[-2].lstrip().startswith(INJECTED_HEADER):
-        return
-    declared, injected = assigned(history[-3]), assigned(history[-2])
-    unknown = [name for name in injected if name not in declared]
-    if unknown:
-        raise UserError(unknown_message(unknown, list(declared)))
-    from IPython import get_ipython
-
-    namespace = get_ipython().user_ns  # the injected values, as the kernel evaluated them
-    for name in injected:
-        check_like_default(name, namespace.get(name), declared[name])
-        check_range(name, namespace.get(name))
-
-
-def _input_history() -> list[str] | None:
-    """The sources of the cells executed so far, the current one last; None outside IPython."""
-    try:
-        from IPython import get_ipython
-    except ImportError:
-        return None
-    shell = get_ipython()
-    if shell is None or "In" not in shell.user_ns:
-        return None
-    return list(shell.user_ns["In"])
+# --- a chapter's parameters (checked by `rna2histo.book.parameters.check_parameters`) ----------
 
 
 def assigned(source: str) -> dict:

@@ -2,6 +2,7 @@
 papermill parameter, nan, a negative learning rate, 1.5 or True for a whole number. Each is
 refused in one line naming the setting, before any work starts."""
 
+import logging
 import math
 import subprocess
 import sys
@@ -14,12 +15,13 @@ import yaml
 
 from rna2histo.__main__ import main
 from rna2histo.book import runner as book
+from rna2histo.book.parameters import INJECTED_HEADER, check_cell, model_check_cell
 from rna2histo.book.runner import chapter_parameters, training_parameters
 from rna2histo.errors import UserError
 from rna2histo.models import MODELS, model_class
 from rna2histo.models.base import FIELD_RANGES
 from rna2histo.paths import ROOT
-from rna2histo.settings import CHAPTER_RANGES, CHECK_CELL, INJECTED_HEADER, assigned, check_fit
+from rna2histo.settings import CHAPTER_RANGES, assigned, check_fit
 from rna2histo.training.loop import fit
 
 CHAPTERS = sorted((ROOT / "book").glob("*.ipynb"))
@@ -31,7 +33,7 @@ def tiny_chapter(path):
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     params = nbformat.v4.new_code_cell('epochs = 3  # passes\nlr = 1e-4\nrun_dir = "runs/x"')
     params.metadata["tags"] = ["parameters"]
-    nb.cells = [params, nbformat.v4.new_code_cell(CHECK_CELL), nbformat.v4.new_code_cell("print(epochs)")]
+    nb.cells = [params, nbformat.v4.new_code_cell(check_cell("chapter")), nbformat.v4.new_code_cell("print(epochs)")]
     nbformat.write(nb, path)
     return path
 
@@ -53,11 +55,21 @@ def test_defect10_misspelt_parameter_is_refused(tmp_path):
     assert MISSPELT in str(err.value)
 
 
-def test_defect10_declared_parameter_runs_and_the_check_prints_nothing(tmp_path):
+def table_rows(check_cell) -> list[list[str]]:
+    """The check cell's table of parameters, as text rows: name, value, [default,] what."""
+    (shown,) = check_cell.outputs
+    assert shown.output_type == "display_data" and "<table" in shown.data["text/html"]
+    return [line.split(maxsplit=3) for line in shown.data["text/plain"].splitlines()[2:]]
+
+
+def test_defect10_declared_parameter_runs_and_the_check_shows_the_values_once(tmp_path):
     out = run_chapter(tmp_path, epochs=1)
-    check = out.cells[[c.source for c in out.cells].index(CHECK_CELL)]
-    assert check.outputs == []  # the committed outputs stay valid under nbval
+    check = out.cells[[c.source for c in out.cells].index(check_cell("chapter"))]
+    # the injected value over the default, the parameters cell's comment as what it is
+    assert table_rows(check) == [["epochs", "1", "3", "passes"], ["lr", "0.0001"], ["run_dir", "'runs/x'"]]
     assert out.cells[-1].outputs[0]["text"] == "1\n"
+    plain = run_chapter(tmp_path)  # nothing injected: no default column
+    assert table_rows(plain.cells[1])[0] == ["epochs", "3", "passes"]
 
 
 def test_defect10_injected_value_of_the_wrong_kind_is_refused(tmp_path):
@@ -93,6 +105,10 @@ def test_defect10_book_refuses_a_misspelt_profile_parameter_in_one_line(tmp_path
     assert not any("Traceback" in line for line in lines)
     (tmp_path / "params" / "p" / "chapter.yaml").write_text("epochs: 1\n")
     assert book.execute("p") == [tmp_path / "build" / "executed" / "book" / "chapter.ipynb"]
+    # the built book shows the parameters once: the check cell's table, not the two cells that set them
+    executed = nbformat.read(tmp_path / "build" / "executed" / "book" / "chapter.ipynb", as_version=4)
+    removed = [c.source.splitlines()[0] for c in executed.cells if "remove-cell" in c.metadata.get("tags", [])]
+    assert removed == ["epochs = 3  # passes", INJECTED_HEADER]
 
 
 def test_a_chapter_that_fails_on_a_bug_keeps_papermills_traceback(tmp_path, monkeypatch):
@@ -113,8 +129,9 @@ def test_defect10_every_chapter_checks_its_parameters(notebook):
         tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{notebook.name}: expected one parameters cell"
         params, check = nb.cells[tagged[0]], nb.cells[tagged[0] + 1]
-        assert check.cell_type == "code" and check.source == CHECK_CELL, f"{notebook.name}: no check cell"
-        assert not check.get("outputs"), f"{notebook.name}: the check cell prints"
+        model = notebook.stem.split("_", 1)[-1]
+        expected = model_check_cell(model) if model in MODELS else check_cell(notebook.stem)
+        assert check.cell_type == "code" and check.source == expected, f"{notebook.name}: no check cell"
         # the check tells papermill's injected cell from the parameters cell by this header
         assert not params.source.lstrip().startswith(INJECTED_HEADER)
 
@@ -261,3 +278,17 @@ def test_defect4_parameters_file_with_good_numbers_passes(tmp_path):
     defaults = chapter_parameters(ROOT / "book" / "02_cvae.ipynb")
     path = write_params(tmp_path / "mine.yaml", epochs=2, lr=2.0e-4, beta=0.0, rna_beta=0.5)
     assert training_parameters("cvae", path) == {**defaults, "epochs": 2, "lr": 2.0e-4, "beta": 0.0, "rna_beta": 0.5}
+
+
+def test_a_model_chapters_shared_settings_are_known_to_it():
+    """chapter_parameters adds TRAINING to a model chapter's own; papermill's "unknown parameter"
+    warning is dropped for those names only."""
+    from rna2histo.book.parameters import TRAINING
+
+    cgan = chapter_parameters(ROOT / "book" / "01_cgan.ipynb")
+    assert set(TRAINING) <= set(cgan) and cgan["z_dim"] == 64 and cgan["device"] == "auto"
+    assert "device" not in chapter_parameters(ROOT / "book" / "05_evaluation.ipynb")
+    quiet = book._KnownToTheChapter(TRAINING)
+    record = lambda name: logging.LogRecord("papermill", logging.WARNING, "", 0,  # noqa: E731
+                                            f"Passed unknown parameter: {name}", (), None)
+    assert not quiet.filter(record("device")) and quiet.filter(record("epochz"))

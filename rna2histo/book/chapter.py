@@ -1,4 +1,8 @@
-"""The steps every model chapter shares, one call each: data, training report, samples, conditioning."""
+"""The steps every model chapter shares, one call each: data, training report, samples, conditioning.
+
+`ModelChapter` runs them on the chapter's parameters as a whole (`rna2histo.book.parameters`), so
+a chapter names each step once and passes no parameter by hand.
+"""
 
 from __future__ import annotations
 
@@ -9,9 +13,11 @@ from ..data.rna import fit_on_training
 from ..evaluation.conditioning import conditioning_difference
 from ..experiments.denoising import denoising_ladder
 from ..generate import LoadedRun, load_run, real_and_generated
+from ..models import architecture_table
 from ..paths import resolve
 from . import plots
-from .runner import ensure_cohort
+from .parameters import TRAINING, check_parameters, fit_arguments
+from .runner import ensure_cohort, model_chapter
 
 
 def prepare(cohort_dir: str, image_size: int):
@@ -66,3 +72,52 @@ def denoising(trained: LoadedRun, cohort, levels=(50, 150, 300, 600, 999), patie
     for t, out in outputs.items():
         rows["samples" if t == "sample" else f"from t = {t}"] = out
     return plots.tile_rows(rows), table.round(3)
+
+
+class ModelChapter:
+    """A model chapter's steps on its parameters: made by the cell after the parameters cell, it
+    checks and shows them (`check_parameters`) and loads the cohort; each later cell calls one step."""
+
+    def __init__(self, model: str):
+        self.model, self.params = model, check_parameters(model_chapter(model).stem, TRAINING)
+        self.cohort, self.n_genes = prepare(self.params["cohort_dir"], self.params["image_size"])
+        self.trained: LoadedRun | None = None
+
+    def architecture(self) -> pd.DataFrame:
+        """Parameter counts of both presets next to the study's."""
+        return architecture_table(self.model, self.n_genes, self.params["image_size"])
+
+    def train(self) -> pd.DataFrame:
+        """Train (or, with ``train=False``, show the run as trained before): the loss curves are drawn
+        and the table of the last epochs returned."""
+        from ..training.loop import fit
+
+        fit(self.model, **fit_arguments(self.params))
+        _, last_epochs = training_report(self.params["run_dir"])
+        return last_epochs
+
+    def samples(self, which: str = "best") -> None:
+        """Draw real vs generated tiles of validation patients from checkpoint `which`, and keep that
+        model for the steps after it (the notebook shows the figure; returning it would show it twice)."""
+        self.trained, _ = samples(self.params["run_dir"], self.cohort, which, seed=self.params["seed"])
+
+    def conditioning(self) -> pd.DataFrame:
+        """The conditioning difference held out and on training patients (`conditioning`)."""
+        return conditioning(self._trained(), self.cohort, seed=self.params["seed"])
+
+    def denoising(self) -> pd.DataFrame:
+        """The diffusion model's denoising ladder (`denoising`): the figure drawn, the table returned."""
+        _, table = denoising(self._trained(), self.cohort, seed=self.params["seed"])
+        return table
+
+    def perceptual_term(self) -> str:
+        """Which perceptual term the hybrid trained with, and why it is off when it is."""
+        mode = self._trained().checkpoint["params"]["model_notes"]["perceptual"]
+        missing = mode == "none" and self.params.get("perceptual") == "auto"
+        return f"perceptual term: {'OFF' if mode == 'none' else mode}" + (
+            " (the AlexNet weights are not on this machine)" if missing else "")
+
+    def _trained(self) -> LoadedRun:
+        if self.trained is None:  # the samples step loads the checkpoint; a step before it loads it here
+            self.trained = load_run(resolve(self.params["run_dir"]), "best")
+        return self.trained

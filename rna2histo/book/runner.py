@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import hashlib
 import json
+import logging
 import shutil
 import subprocess
 import sys
@@ -20,8 +21,9 @@ from pathlib import Path
 import yaml
 
 from ..errors import UserError, where
-from ..paths import PARAMS, ROOT, source_version
-from ..settings import check_training, default_kind_error, is_real
+from ..paths import PARAMS, ROOT, atomic_write, source_version
+from ..settings import default_kind_error, is_real
+from .parameters import TRAINING, check_training, fit_arguments, with_shared
 
 BUILD = ROOT / "_build"
 
@@ -34,12 +36,21 @@ def chapters() -> list[Path]:
 
 
 def chapter_parameters(notebook: Path) -> dict:
-    """The names and default values of a chapter's ``parameters`` cell."""
+    """The names and default values of a chapter's ``parameters`` cell, and for a model chapter the
+    shared training settings it does not set itself (`rna2histo.book.parameters.TRAINING`)."""
     import papermill
 
     inferred = papermill.inspect_notebook(str(notebook))
     # papermill reports defaults as source text; the cell holds literals only
-    return {name: ast.literal_eval(spec["default"]) for name, spec in inferred.items()}
+    own = {name: ast.literal_eval(spec["default"]) for name, spec in inferred.items()}
+    return with_shared(own, shared_parameters(notebook))
+
+
+def shared_parameters(notebook: Path) -> dict:
+    """The settings a chapter takes beside its parameters cell's: `TRAINING` for a model chapter."""
+    from ..models import MODELS
+
+    return TRAINING if notebook.stem.split("_", 1)[-1] in MODELS else {}
 
 
 def profile_dir(profile: str) -> Path:
@@ -123,7 +134,8 @@ def train_chapter(model: str, params_file: Path, run_dir: Path | None = None, re
     from ..training.step import pick_device
 
     params = {**training_parameters(model, Path(params_file)), **overrides}
-    image_size = params.pop("image_size", None)
+    image_size = params.get("image_size")
+    params = fit_arguments(params)
     params.pop("train", None)
     if run_dir is not None:
         params["run_dir"] = str(run_dir)
@@ -171,6 +183,8 @@ def _run_chapter(notebook: Path, target: Path, parameters: dict, profile: str) -
     """papermill, with the chapter's output (training progress lines) streamed to the terminal."""
     import papermill
 
+    quiet = _KnownToTheChapter(shared_parameters(notebook))
+    logging.getLogger("papermill").addFilter(quiet)
     try:
         papermill.execute_notebook(
             str(notebook),
@@ -182,11 +196,41 @@ def _run_chapter(notebook: Path, target: Path, parameters: dict, profile: str) -
             stdout_file=sys.stdout,
             stderr_file=sys.stderr,
         )
+        hide_parameter_cells(target)
     except papermill.PapermillExecutionError as err:
         if err.ename != "UserError":  # a bug: papermill's traceback is what a developer needs
             raise
         # bad input (a profile's value, a cohort): the chapter's one line, not the kernel's traceback
         raise where(f"{notebook.name} with params/{profile}", err.evalue) from None
+    finally:
+        logging.getLogger("papermill").removeFilter(quiet)
+
+
+class _KnownToTheChapter(logging.Filter):
+    """Drops papermill's "Passed unknown parameter" for the shared settings a chapter does take."""
+
+    PREFIX = "Passed unknown parameter: "
+
+    def __init__(self, names):
+        super().__init__()
+        self.names = set(names)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not (message.startswith(self.PREFIX) and message[len(self.PREFIX):] in self.names)
+
+
+def hide_parameter_cells(notebook: Path) -> None:
+    """Tag the parameters cell and papermill's injected cell ``remove-cell``: the built book shows a
+    chapter's parameters once, as the table of its check cell (`rna2histo.book.parameters`)."""
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        tags = cell.metadata.get("tags", [])
+        if {"parameters", "injected-parameters"} & set(tags) and "remove-cell" not in tags:
+            cell.metadata["tags"] = [*tags, "remove-cell"]
+    atomic_write(notebook, lambda tmp: nbformat.write(nb, tmp))
 
 
 # --- reuse of executed chapters -----------------------------------------------------------------
