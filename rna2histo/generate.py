@@ -126,14 +126,20 @@ def generate(
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
         raise UserError(f"n: tiles per profile must be a whole number >= 1, got {n!r}")
     c, alignment = run.conditions(rna, source)
-    c = c.repeat_interleave(n, 0)
-    generator = torch.Generator(c.device).manual_seed(seed)
-    images = [
-        to_uint8(run.model.sample(c[i : i + batch_size], generator=generator, **sample_kw))
-        for i in range(0, len(c), batch_size)
-    ]
+    images = sample_tiles(run.model, c.repeat_interleave(n, 0), seed, batch_size, **sample_kw)
     index = pd.DataFrame({"patient_id": np.repeat(rna.index.to_numpy(), n), "sample": np.tile(np.arange(n), len(rna))})
-    return np.concatenate(images), index, alignment
+    return images, index, alignment
+
+
+@torch.no_grad()
+def sample_tiles(model, conditions: torch.Tensor, seed: int, batch_size: int = 64, **sample_kw) -> np.ndarray:
+    """One tile per model condition (N, k), uint8 (N, S, S, 3), in batches of `batch_size`, all
+    noise from one generator seeded with `seed` (on the conditions' device)."""
+    generator = torch.Generator(conditions.device).manual_seed(seed)
+    return np.concatenate([
+        to_uint8(model.sample(conditions[i : i + batch_size], generator=generator, **sample_kw))
+        for i in range(0, len(conditions), batch_size)
+    ])
 
 
 def file_stems(patients) -> list[str]:

@@ -34,6 +34,19 @@ def atomic_write(path: Path, write) -> Path:
     return path
 
 
+def cached(path: Path, load, fit, save, what: str):
+    """`load(path)` when `path` holds a readable cache; else `fit()`, saved by ``save(value, tmp)``
+    atomically. A damaged cache is fitted again, never trusted, and the terminal says so."""
+    if path.exists():
+        try:
+            return load(path)
+        except Exception as err:  # noqa: BLE001 - any damage means fit again
+            print(f"{path}: unreadable cached {what} ({type(err).__name__}); retraining", flush=True)
+    value = fit()
+    atomic_write(path, lambda tmp: save(value, tmp))
+    return value
+
+
 def source_version(exclude: tuple[str, ...] = ()) -> str:
     """A short hash of the package's source files (paths relative to the package, posix) but `exclude`
     (a file, or with a trailing "/" every file of a package)."""

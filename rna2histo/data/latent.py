@@ -29,8 +29,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from ..errors import UserError, where
-from ..paths import atomic_write
+from ..errors import UserError
+from ..paths import cached
 
 RNA_ENCODERS = ("mlp", "pca", "betavae")
 VAE_HIDDEN = 512  # the beta-VAE's one hidden layer on each side
@@ -198,12 +198,12 @@ def fit_latent(kind: str, cohort, normaliser, *, dim: int = 200, beta: float = 1
     z_val = normaliser.transform(cohort.rna.loc[cohort.patients("val")])[0].to_numpy(np.float32)
     key = hashlib.sha1(z_train.tobytes() + z_val.tobytes() + f"{dim}-{beta}-{seed}".encode()).hexdigest()[:12]
     path = cohort.root / "latents" / f"betavae-{key}.pt"
-    if path.exists():
-        try:
-            return Latent.from_state_dict(torch.load(path, weights_only=True))
-        except Exception as err:  # a damaged cache is retrained, never trusted
-            print(where(path, f"unreadable cached beta-VAE ({type(err).__name__}); retraining"))
+    return cached(path, load=lambda f: Latent.from_state_dict(torch.load(f, weights_only=True)),
+                  fit=lambda: _betavae(z_train, z_val, dim, beta, seed),
+                  save=lambda latent, tmp: torch.save(latent.state_dict(), tmp), what="beta-VAE")
+
+
+def _betavae(z_train, z_val, dim: int, beta: float, seed: int) -> Latent:
     latent, history = fit_betavae(z_train, z_val, latent=dim, beta=beta, seed=seed)
     latent.settings["history"] = history.to_dict("list")
-    atomic_write(path, lambda tmp: torch.save(latent.state_dict(), tmp))
     return latent

@@ -30,11 +30,11 @@ import torch
 from scipy import stats
 from torch import nn
 
-from ..data.dataset import tiles_to_model, to_uint8
+from ..data.dataset import tiles_to_model
 from ..data.rna import Normaliser, fit_on_training
-from ..errors import where
+from ..generate import sample_tiles
 from ..markers import MARKERS
-from ..paths import atomic_write
+from ..paths import cached
 from .stats import bootstrap_ci, summary
 
 VERSION = 1  # of the regressor's recipe: a change retrains every cached regressor
@@ -202,20 +202,25 @@ def cohort_regressor(cohort, normaliser: Normaliser | None = None, *, epochs: in
     normaliser = normaliser or fit_on_training(cohort)
     settings = {"epochs": epochs, "seed": seed}
     path = cohort.root / "regressors" / f"reprediction-{_key(cohort, normaliser, settings)}.pt"
-    if path.exists():
-        try:
-            state = torch.load(path, weights_only=True)
-            net = TileRegressor(len(state["genes"]))
-            net.load_state_dict(state["state_dict"])
-            return Regressor(net, list(state["genes"]), state["settings"])
-        except Exception as err:  # noqa: BLE001 - any damage means retrain
-            print(where(path, f"unreadable cached regressor ({type(err).__name__}); retraining"))
-    if progress:
-        print(f"training the re-prediction regressor of {cohort.root.name} once (cached in {path.parent})", flush=True)
-    regressor = fit_regressor(cohort, normaliser, epochs=epochs, seed=seed, progress=progress)
-    state = {"genes": regressor.genes, "settings": regressor.settings, "state_dict": regressor.net.state_dict()}
-    atomic_write(path, lambda tmp: torch.save(state, tmp))
-    return regressor
+
+    def fit():
+        if progress:
+            print(f"training the re-prediction regressor of {cohort.root.name} once (cached in {path.parent})",
+                  flush=True)
+        return fit_regressor(cohort, normaliser, epochs=epochs, seed=seed, progress=progress)
+
+    return cached(path, _load_regressor, fit, _save_regressor, "regressor")
+
+
+def _load_regressor(path) -> Regressor:
+    state = torch.load(path, weights_only=True)
+    net = TileRegressor(len(state["genes"]))
+    net.load_state_dict(state["state_dict"])
+    return Regressor(net, list(state["genes"]), state["settings"])
+
+
+def _save_regressor(regressor: Regressor, tmp) -> None:
+    torch.save({"genes": regressor.genes, "settings": regressor.settings, "state_dict": regressor.net.state_dict()}, tmp)
 
 
 # --- the cheap version the training loop runs -------------------------------------------------------
@@ -251,8 +256,5 @@ class ValidationCheck:
         if not self.enough:
             return float("nan")
         model.eval()
-        generator = torch.Generator(device).manual_seed(self.seed)
-        c = self.conditions.to(device)
-        tiles = np.concatenate([to_uint8(model.sample(c[i : i + batch], generator=generator))
-                                for i in range(0, len(c), batch)])
+        tiles = sample_tiles(model, self.conditions.to(device), self.seed, batch)
         return mean_gene_spearman(self.regressor.patient_predictions(tiles, self.labels), self.truth)
