@@ -16,7 +16,7 @@ import yaml
 from rna2histo.__main__ import main
 from rna2histo.book import runner as book
 from rna2histo.book.parameters import INJECTED_HEADER, check_cell, model_check_cell
-from rna2histo.book.runner import chapter_parameters, training_parameters
+from rna2histo.book.runner import chapter_parameters, stem_model, training_parameters
 from rna2histo.errors import UserError
 from rna2histo.models import MODELS, model_class
 from rna2histo.models.base import FIELD_RANGES
@@ -129,7 +129,7 @@ def test_defect10_every_chapter_checks_its_parameters(notebook):
         tagged = [i for i, c in enumerate(nb.cells) if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, f"{notebook.name}: expected one parameters cell"
         params, check = nb.cells[tagged[0]], nb.cells[tagged[0] + 1]
-        model = notebook.stem.split("_", 1)[-1]
+        model = stem_model(notebook)
         expected = model_check_cell(model) if model in MODELS else check_cell(notebook.stem)
         assert check.cell_type == "code" and check.source == expected, f"{notebook.name}: no check cell"
         # the check tells papermill's injected cell from the parameters cell by this header

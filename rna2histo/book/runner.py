@@ -50,7 +50,12 @@ def shared_parameters(notebook: Path) -> dict:
     """The settings a chapter takes beside its parameters cell's: `TRAINING` for a model chapter."""
     from ..models import MODELS
 
-    return TRAINING if notebook.stem.split("_", 1)[-1] in MODELS else {}
+    return TRAINING if stem_model(notebook) in MODELS else {}
+
+
+def stem_model(notebook: Path) -> str:
+    """The model named by a chapter's file, ``NN_<model>`` (a model chapter's, if it is in `MODELS`)."""
+    return notebook.stem.split("_", 1)[-1]
 
 
 def profile_dir(profile: str) -> Path:
@@ -86,7 +91,7 @@ def model_chapter(model: str) -> Path:
 
     model_class(model)  # an unknown model is a UserError naming the known ones
     for notebook in chapters():
-        if notebook.stem.split("_", 1)[-1] == model:
+        if stem_model(notebook) == model:
             return notebook
     raise UserError(f"no chapter in _toc.yml trains {model!r}")
 
