@@ -37,6 +37,20 @@
 # amplifies nothing, and $\hat\epsilon = \sqrt{\bar\alpha_t}\,\hat v + \sqrt{1 - \bar\alpha_t}\,x_t$
 # feeds the same DDIM sampler. The default, `"eps"`, is the study's; the demo profile uses `"v"`.
 #
+# **Beyond the study: latent diffusion** (Rombach et al., 2022), for a CPU. With
+# `latent_channels` $k > 0$ the process runs not on the pixels but on the latents of a tile
+# autoencoder ($64 \times 64 \times 3 \to 32 \times 32 \times k$, one halving), trained once
+# per cohort on the training patients' real tiles (L1 on the pixels and on their Laplacian,
+# `rna2histo.training.autoencoder`), cached beside the cohort and frozen inside the model; the
+# latents are scaled to unit variance and `sample` decodes them. The U-Net sees a quarter of the
+# positions: here a training step took 1/1.7 of a pixel step, and sampling (the held-out check
+# every few epochs, chapter 05's tiles) about a third of the time. With `latent_noise` the decoder
+# learns from latents with added noise, so that it also draws tissue from the sampler's latents,
+# which never lie exactly on the encoder's. The demo profile uses $k = 4$ and noise 0.1: on the
+# held-out patients they drew tiles with more of the RNA's morphometry and a smaller morph FD
+# than the pixel model at equal re-prediction (`benchmarks/experiments.md`, 2026-12-07 latent
+# diffusion). The default, 0, is the study's pixel model.
+#
 # **Architecture (the study).** A U-Net with skip connections, base 64 channels up to 256 at
 # the bottleneck, a 128-d sinusoidal time embedding and an RNA embedding MLP (genes $\to$ 512
 # $\to$ 256); time and RNA condition every residual block (FiLM after GroupNorm). AdamW
@@ -53,6 +67,8 @@ guidance = 1.0  # classifier-free guidance scale s; 1 is plain conditional sampl
 cond_dropout = 0.1  # probability of training without the RNA (enables guidance)
 lr = 1e-4  # AdamW learning rate (the study: 1e-4)
 prediction = "eps"  # what the U-Net outputs: "eps", the noise (the study), or "v" (see the objective)
+latent_channels = 0  # 0: diffusion on the pixels (the study); k > 0: on the k-channel latents of the cohort's tile autoencoder
+latent_noise = 0.0  # noise (x the latents' deviation) the autoencoder's decoder learns from; with latent_channels > 0
 # beside these, the settings every model chapter shares (image_size, device, seed, rna_encoder, ...)
 # are in `rna2histo.book.parameters.TRAINING`: the table below shows all; set any of them here too
 

@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, default_collate
 
-from .augment import augmentation
 from ..cohort import Cohort
+from .augment import augmentation
 from .rna import Normaliser
 
 

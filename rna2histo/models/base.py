@@ -95,12 +95,13 @@ FIELD_RANGES: dict[str, Range] = {
     **dict.fromkeys(  # sizes, widths, depths and counts
         ("n_genes", "image_size", "z_dim", "rna_widths", "d_channels", "d_hidden", "g_channels",
          "enc_channels", "dec_channels", "g_depth", "lr_step", "base_channels", "channel_mults",
-         "groups", "time_dim", "timesteps", "sample_steps"), AT_LEAST_ONE),
+         "groups", "time_dim", "timesteps", "sample_steps", "latent_widths", "latent_epochs"), AT_LEAST_ONE),
     # loss weights (0 turns a term off), indices (0 = off for d_patch), DDIM's eta, a seed;
     # blocks: 0 residual blocks per level still builds a working U-Net
     **dict.fromkeys(
         ("beta", "w_diverse", "w_adv", "w_recon", "w_perc", "w_kl", "w_feat", "weight_decay",
-         "d_patch", "attention_levels", "blocks", "eta", "val_seed"), NON_NEGATIVE),
+         "d_patch", "attention_levels", "blocks", "eta", "val_seed", "latent_channels",
+         "latent_noise"), NON_NEGATIVE),
     **dict.fromkeys(("lr", "lr_g", "lr_d", "lr_gamma"), POSITIVE),  # lr_gamma 0 would stop learning
     # probabilities, BCE's target labels, the EMA's decay
     **dict.fromkeys(("d_dropout", "dropout", "cond_dropout", "real_label", "fake_label", "ema_decay"), UNIT),

@@ -14,6 +14,13 @@ embedding) so that one network also learns eps(x_t, t, null); sampling then uses
 eps = eps(x_t, t, null) + s (eps(x_t, t, c) - eps(x_t, t, null)). The default scale s = 1 is
 exactly the plain conditional model (one network pass); s > 1 trades diversity for fidelity
 to the condition.
+
+Latent diffusion (Rombach et al. 2022), also an extension: with ``latent_channels`` k > 0 the
+process runs on the latents of the cohort's tile autoencoder (`rna2histo.training.autoencoder`:
+trained once per cohort on the training patients' tiles, then frozen; the loop attaches it), (B, k, S/2, S/2) with one
+halving, scaled to unit variance; ``sample`` decodes them. The U-Net then sees a quarter of the
+positions, which on a CPU is most of its cost. The autoencoder is a frozen part of this module,
+so every checkpoint carries it; the optimiser and the EMA never see it.
 """
 
 from __future__ import annotations
@@ -27,6 +34,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import UserError
+from ..nets.autoencoder import TileAutoencoder
 from ..nets.rna import RNAEncoder
 from ..nets.unet import UNet
 from .base import Generator, ModelConfig, adam, count_parameters, init_weights
@@ -58,6 +66,13 @@ class DiffusionConfig(ModelConfig):
     lr: float = 1e-4
     weight_decay: float = 0.01
     val_seed: int = 0  # fixes validation timesteps and noise, so epochs are comparable
+    # 0: the process runs on pixels (the study); k > 0: on the k-channel latents of the cohort's
+    # tile autoencoder of ``latent_widths`` (one halving per entry after the first), trained
+    # ``latent_epochs`` epochs once per cohort
+    latent_channels: int = 0
+    latent_widths: tuple[int, ...] = (32, 64)
+    latent_epochs: int = 15
+    latent_noise: float = 0.0  # the autoencoder's decoder learns from z + this x std(z) x N(0, I)
 
     PRESETS: ClassVar[dict[str, dict]] = {
         "small": {},
@@ -78,7 +93,7 @@ PREDICTIONS = ("eps", "v")
 class Denoiser(nn.Module):
     """eps_theta(x_t, t, e) or v_theta: the RNA encoder c -> e, a learned null embedding, the U-Net."""
 
-    def __init__(self, cfg: DiffusionConfig):
+    def __init__(self, cfg: DiffusionConfig, channels: int = 3):
         super().__init__()
         self.rna = RNAEncoder(cfg.n_genes, tuple(cfg.rna_widths))
         self.null = nn.Parameter(torch.zeros(self.rna.out_features))  # the "no RNA" condition
@@ -91,6 +106,7 @@ class Denoiser(nn.Module):
             groups=cfg.groups,
             attention_levels=tuple(cfg.attention_levels),
             dropout=cfg.dropout,
+            channels=channels,
         )
 
     def embed(self, c, drop=None):  # (B, G), (B,) bool or None -> (B, D)
@@ -116,10 +132,19 @@ class Diffusion(Generator):
         super().__init__()
         if cfg.prediction not in PREDICTIONS:
             raise UserError(f"prediction must be one of {', '.join(PREDICTIONS)}, not {cfg.prediction!r}")
-        if cfg.image_size % 2 ** (len(cfg.channel_mults) - 1):
-            raise UserError(f"image_size {cfg.image_size} must be divisible by 2 ** (levels - 1)")
         self.cfg = cfg
-        self.net = Denoiser(cfg)
+        self.autoencoder = None
+        channels, self.size = 3, cfg.image_size  # of the space the process runs in
+        if cfg.latent_channels:
+            self.autoencoder = TileAutoencoder(cfg.latent_channels, tuple(cfg.latent_widths)).requires_grad_(False)
+            channels, self.size = cfg.latent_channels, self.autoencoder.latent_size(cfg.image_size)
+            # set by `prepare` from the training latents, then kept in the state dict
+            self.register_buffer("latent_scale", torch.ones(()))
+        if self.size % 2 ** (len(cfg.channel_mults) - 1):
+            raise UserError(f"image_size {cfg.image_size} must be divisible by 2 ** (levels - 1)"
+                            + (" x the autoencoder's factor" if self.autoencoder is not None else ""))
+        self.channels = channels
+        self.net = Denoiser(cfg, channels)
         self.ema = copy.deepcopy(self.net).requires_grad_(False)
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         # Linear schedule (DDPM sec. 4): beta_t from beta_start to beta_end; alpha_bar_t =
@@ -134,6 +159,26 @@ class Diffusion(Generator):
         self.ema.load_state_dict(self.net.state_dict())
         self.ema_updates.zero_()
 
+    def attach_autoencoder(self, state: dict, scale: float) -> None:
+        """Load the cohort's trained tile autoencoder (`rna2histo.training.autoencoder.prepare`)."""
+        self.autoencoder.load_state_dict(state)
+        self.latent_scale.fill_(scale)
+
+    def run_notes(self) -> dict:
+        return {} if self.autoencoder is None else {"latent_scale": float(self.latent_scale)}
+
+    def to_space(self, x):  # tiles (B, 3, S, S) -> what the process runs on
+        """The tiles themselves, or their scaled latents (no gradient reaches the autoencoder)."""
+        if self.autoencoder is None:
+            return x
+        with torch.no_grad():
+            return self.autoencoder.encode(x) * self.latent_scale.to(x.dtype)
+
+    def from_space(self, z):  # the inverse of `to_space`: -> tiles (B, 3, S, S) in [-1, 1]
+        if self.autoencoder is None:
+            return z.clamp(-1, 1)
+        return self.autoencoder.decode(z / self.latent_scale).clamp(-1, 1)
+
     @property
     def unet(self) -> UNet:
         """The online U-Net (the part the study's parameter count refers to)."""
@@ -142,11 +187,16 @@ class Diffusion(Generator):
     def parameter_counts(self) -> dict[str, int]:
         """Trained parameters; the EMA copy doubles ``count_parameters(self)`` and is left out."""
         rna = count_parameters(self.net) - count_parameters(self.unet)  # encoder + null embedding
-        return {"unet": count_parameters(self.unet), "rna_encoder": rna}
+        counts = {"unet": count_parameters(self.unet), "rna_encoder": rna}
+        if self.autoencoder is not None:  # frozen, trained once per cohort
+            counts["autoencoder"] = count_parameters(self.autoencoder)
+        return counts
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.ema.eval()  # the EMA copy only ever evaluates: no dropout
+        if self.autoencoder is not None:
+            self.autoencoder.eval()  # frozen
         return self
 
     def configure_optimizers(self, epochs: int, fused: bool = False) -> dict:
@@ -190,6 +240,7 @@ class Diffusion(Generator):
 
     def training_step(self, batch, step) -> dict[str, float]:
         x, c, _ = batch
+        x = self.to_space(x).float()
         t = torch.randint(0, self.cfg.timesteps, (len(x),), device=x.device)
         # not randn_like: it fills a channels_last x in memory order, so the layout would change the noise
         noise = torch.randn(x.shape, dtype=x.dtype, device=x.device)
@@ -215,6 +266,7 @@ class Diffusion(Generator):
     def validation_step(self, batch) -> dict[str, float]:
         """The objective (eps or v MSE) of the EMA weights at timesteps and noise fixed by ``val_seed``."""
         x, c, _ = batch
+        x = self.to_space(x)
         g = torch.Generator().manual_seed(self.cfg.val_seed)
         t = torch.randint(0, self.cfg.timesteps, (len(x),), generator=g).to(x.device)
         noise = torch.randn(x.shape, generator=g).to(x.device)
@@ -242,7 +294,9 @@ class Diffusion(Generator):
         """x_t -> x_{t_prev} by DDIM (Song et al. 2021, eq. 12; sigma eq. 16); t_prev = -1 ends."""
         ab = self.alpha_bar[t]
         ab_prev = self.alpha_bar[t_prev] if t_prev >= 0 else torch.ones_like(ab)
-        x0 = ((x - (1 - ab).sqrt() * eps) / ab.sqrt()).clamp(-1, 1)  # predicted x_0, clipped
+        x0 = (x - (1 - ab).sqrt() * eps) / ab.sqrt()  # predicted x_0
+        if self.autoencoder is None:  # pixels lie in [-1, 1]; latents have no such bound
+            x0 = x0.clamp(-1, 1)
         eps = (x - ab.sqrt() * x0) / (1 - ab).sqrt()  # the noise consistent with the clipped x_0
         sigma = eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).sqrt()
         x = ab_prev.sqrt() * x0 + (1 - ab_prev - sigma**2).clamp(min=0).sqrt() * eps
@@ -260,7 +314,7 @@ class Diffusion(Generator):
         for t, t_prev in zip(ts, [*ts[1:], -1], strict=True):
             eps = self.guided_eps(self.ema, x, t, e, guidance)
             x = self.ddim_step(x, eps, t, t_prev, eta, generator)
-        return x.clamp(-1, 1)
+        return self.from_space(x)
 
     def _sampling_options(self, steps, guidance, eta):
         cfg = self.cfg
@@ -278,8 +332,7 @@ class Diffusion(Generator):
         """
         steps, guidance, eta = self._sampling_options(steps, guidance, eta)
         e = self.ema.embed(c)  # (B, D)
-        size = self.cfg.image_size
-        x = self._randn((len(c), 3, size, size), generator)  # x_T
+        x = self._randn((len(c), self.channels, self.size, self.size), generator)  # x_T
         return self._ddim(x, e, self.timesteps(steps), guidance, eta, generator)
 
     @torch.no_grad()
@@ -296,7 +349,8 @@ class Diffusion(Generator):
         if not 0 <= t_start < cfg.timesteps:
             raise UserError(f"t_start must be between 0 and {cfg.timesteps - 1}, not {t_start}")
         steps, guidance, eta = self._sampling_options(steps, guidance, eta)
-        noise = self._randn(x0.shape, generator)
-        x = self.q_sample(x0, torch.full((len(x0),), t_start, device=x0.device), noise)
+        z0 = self.to_space(x0)
+        noise = self._randn(z0.shape, generator)
+        x = self.q_sample(z0, torch.full((len(x0),), t_start, device=x0.device), noise)
         ts = self.timesteps(max(1, round(steps * (t_start + 1) / cfg.timesteps)), t_start)
         return self._ddim(x, self.ema.embed(c), ts, guidance, eta, generator)

@@ -1,4 +1,5 @@
-"""Building blocks shared by the generators, written once: the RNA encoder, conv blocks, the U-Net."""
+"""Building blocks shared by the generators, written once: the RNA encoder, conv blocks, the U-Net,
+the tile autoencoder of latent diffusion."""
 
 from .rna import RNAEncoder
 from .unet import UNet

@@ -46,6 +46,7 @@ from ..runs import (
 )
 from ..settings import check_fit
 from . import distributed
+from .autoencoder import prepare as prepare_autoencoder
 from .distributed import World
 from .fastpath import SWITCHES, FastPath, fast_path
 from .identity import matching_checkpoint, record_resume, reusable_run, training_code_version
@@ -334,6 +335,7 @@ def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
     net = build_model(params["model"], params["model_size"], n_genes=n_condition,
                       image_size=cohort.image_size, **options)
     net.initialise()
+    prepare_autoencoder(net, cohort, params["seed"], params["progress"] and world.main)
     params["model_notes"] = net.run_notes()
     device = world.device
     params["device_used"] = str(device)
