@@ -17,9 +17,9 @@ to the condition.
 
 Latent diffusion (Rombach et al. 2022), also an extension: with ``latent_channels`` k > 0 the
 process runs on the latents of the cohort's tile autoencoder (`rna2histo.training.autoencoder`:
-trained once per cohort on the training patients' tiles, then frozen; the loop attaches it), (B, k, S/2, S/2) with one
-halving, scaled to unit variance; ``sample`` decodes them. The U-Net then sees a quarter of the
-positions, which on a CPU is most of its cost. The autoencoder is a frozen part of this module,
+trained once per cohort on the training patients' tiles, then frozen; the loop attaches it),
+(B, k, S/2, S/2) with one halving, scaled to unit variance; ``sample`` decodes them. The U-Net
+then sees a quarter of the positions, which on a CPU is most of its cost. The autoencoder is a frozen part of this module,
 so every checkpoint carries it; the optimiser and the EMA never see it.
 """
 
@@ -138,7 +138,7 @@ class Diffusion(Generator):
         if cfg.latent_channels:
             self.autoencoder = TileAutoencoder(cfg.latent_channels, tuple(cfg.latent_widths)).requires_grad_(False)
             channels, self.size = cfg.latent_channels, self.autoencoder.latent_size(cfg.image_size)
-            # set by `prepare` from the training latents, then kept in the state dict
+            # set by `attach_autoencoder` from the training latents, then kept in the state dict
             self.register_buffer("latent_scale", torch.ones(()))
         if self.size % 2 ** (len(cfg.channel_mults) - 1):
             raise UserError(f"image_size {cfg.image_size} must be divisible by 2 ** (levels - 1)"

@@ -45,7 +45,7 @@ class TileAutoencoder(nn.Module):
     ``widths``: the channels at each size, full size first; n = len(widths) - 1 halvings.
     """
 
-    def __init__(self, latent_channels: int = 4, widths: tuple[int, ...] = (32, 64, 64)):
+    def __init__(self, latent_channels: int = 4, widths: tuple[int, ...] = (32, 64)):
         super().__init__()
         self.latent_channels, self.widths = latent_channels, tuple(widths)
         enc: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, padding=1)]
