@@ -1,11 +1,14 @@
 """The tile autoencoder and latent diffusion: shapes, the detail loss, the cached fit, the frozen part."""
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
 from rna2histo.cohort import CohortWriter, load_cohort, split_patients
+from rna2histo.data.dataset import tiles_to_model
 from rna2histo.errors import UserError
 from rna2histo.generate import generate, load_run
 from rna2histo.models.diffusion import Diffusion, DiffusionConfig
@@ -66,7 +69,7 @@ def test_fitting_learns_the_tiles_and_scales_the_training_latents_to_unit_deviat
     fitted = fitting.fit_autoencoder(cohort, epochs=40, batch_size=8, lr=3e-3, **SMALL)
     history = [row["val_l1"] for row in fitted.settings["history"]]
     assert history[-1] < 0.5 * history[0]
-    train = torch.tensor(np.asarray(cohort.tiles[cohort.tile_indices("train")])).permute(0, 3, 1, 2) / 127.5 - 1
+    train = tiles_to_model(np.asarray(cohort.tiles[cohort.tile_indices("train")]))
     with torch.no_grad():
         z = fitted.net.encode(train) * fitted.scale
     assert z.std().item() == pytest.approx(1.0, rel=1e-3)
@@ -130,13 +133,13 @@ def test_a_checkpoint_carries_the_autoencoder_and_a_pixel_model_keeps_its_old_st
 
 
 def test_a_latent_run_trains_generates_and_records_its_scale(cohort, tmp_path):
-    run = fit("diffusion", cohort.root, tmp_path / "run", epochs=1, batch_size=8, device="cpu", progress=False,
-              sample_patients=1, latent_channels=4, latent_widths=(8, 16), latent_epochs=1, channel_mults=(1, 2),
-              sample_steps=2)
+    settings = dict(batch_size=8, device="cpu", progress=False, sample_patients=1, latent_channels=4,
+                    latent_widths=(8, 16), latent_epochs=1, channel_mults=(1, 2), sample_steps=2)
+    run = fit("diffusion", cohort.root, tmp_path / "run", epochs=1, **settings)
     loaded = load_run(run)
     assert loaded.model.autoencoder is not None
     ids = cohort.patients("test")
     tiles, index, _ = generate(loaded, cohort.rna.loc[ids], n=2, seed=0)
     assert tiles.shape == (2 * len(ids), SIZE, SIZE, 3) and tiles.dtype == np.uint8
-    notes = __import__("json").loads((run / "params.json").read_text())["model_notes"]
+    notes = json.loads((run / "params.json").read_text())["model_notes"]
     assert notes["latent_scale"] == pytest.approx(float(loaded.model.latent_scale))
