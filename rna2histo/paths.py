@@ -6,6 +6,8 @@ so every relative path a user gives is resolved against the repository root, nev
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -47,11 +49,16 @@ def cached(path: Path, load, fit, save, what: str):
     return value
 
 
+def cohort_cache_key(root: Path, fields: dict) -> str:
+    """The key of a cache fitted on the cohort at `root`: its manifest (a rebuilt cohort gets a new
+    key) and `fields` (the recipe's version and settings)."""
+    text = json.dumps(fields, sort_keys=True)
+    return hashlib.sha1((Path(root) / "manifest.json").read_bytes() + text.encode()).hexdigest()[:12]
+
+
 def source_version(exclude: tuple[str, ...] = ()) -> str:
     """A short hash of the package's source files (paths relative to the package, posix) but `exclude`
     (a file, or with a trailing "/" every file of a package)."""
-    import hashlib
-
     package = Path(__file__).resolve().parent
     packages = tuple(e for e in exclude if e.endswith("/"))
     digest = hashlib.sha1()

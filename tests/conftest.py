@@ -7,6 +7,7 @@ import pandas as pd
 import pytest
 
 from rna2histo.cohort import CohortWriter, load_cohort, split_patients
+from rna2histo.training.loop import Trainer
 
 
 def write_tiny_cohort(out, patients=10, tiles_per_patient=3, size=16, genes=20, seed=0):
@@ -35,3 +36,15 @@ def write_tiny_cohort(out, patients=10, tiles_per_patient=3, size=16, genes=20, 
 @pytest.fixture
 def tiny_cohort(tmp_path):
     return write_tiny_cohort(tmp_path / "cohort")
+
+
+def interrupt_after(monkeypatch, epochs_done):
+    """Fault injection: Ctrl-C at the start of the epoch after `epochs_done`."""
+    original = Trainer.train_epoch
+
+    def train_epoch(self):
+        if self.epoch == epochs_done:
+            raise KeyboardInterrupt
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)

@@ -1,7 +1,5 @@
 """The tile autoencoder and latent diffusion: shapes, the detail loss, the cached fit, the frozen part."""
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
@@ -13,9 +11,12 @@ from rna2histo.errors import UserError
 from rna2histo.generate import generate, load_run
 from rna2histo.models.diffusion import Diffusion, DiffusionConfig
 from rna2histo.nets.autoencoder import TileAutoencoder, laplacian, reconstruction_loss
+from rna2histo.runs import load_checkpoint
 from rna2histo.training import autoencoder as fitting
 from rna2histo.training.loop import fit
 from rna2histo.training.step import Step
+
+from .conftest import interrupt_after
 
 SIZE, GENES = 16, 12
 SMALL = dict(channels=4, widths=(8, 16))
@@ -132,14 +133,22 @@ def test_a_checkpoint_carries_the_autoencoder_and_a_pixel_model_keeps_its_old_st
     assert not [k for k in pixel.state_dict() if k.startswith("autoencoder") or k == "latent_scale"]
 
 
-def test_a_latent_run_trains_generates_and_records_its_scale(cohort, tmp_path):
+def test_a_latent_run_trains_generates_and_resumes_from_its_own_autoencoder(cohort, tmp_path, monkeypatch):
     settings = dict(batch_size=8, device="cpu", progress=False, sample_patients=1, latent_channels=4,
-                    latent_widths=(8, 16), latent_epochs=1, channel_mults=(1, 2), sample_steps=2)
-    run = fit("diffusion", cohort.root, tmp_path / "run", epochs=1, **settings)
-    loaded = load_run(run)
+                    latent_widths=(8, 16), latent_epochs=1, channel_mults=(1, 2), sample_steps=2, epochs=2)
+    straight = fit("diffusion", cohort.root, tmp_path / "a", **settings)
+    loaded = load_run(straight)
     assert loaded.model.autoencoder is not None
     ids = cohort.patients("test")
     tiles, index, _ = generate(loaded, cohort.rna.loc[ids], n=2, seed=0)
     assert tiles.shape == (2 * len(ids), SIZE, SIZE, 3) and tiles.dtype == np.uint8
-    notes = json.loads((run / "params.json").read_text())["model_notes"]
-    assert notes["latent_scale"] == pytest.approx(float(loaded.model.latent_scale))
+    with monkeypatch.context() as patch:
+        interrupt_after(patch, 1)
+        with pytest.raises(KeyboardInterrupt):
+            fit("diffusion", cohort.root, tmp_path / "b", **settings)
+    # the checkpoint holds the autoencoder: resuming neither trains nor reads the cohort's cache
+    monkeypatch.setattr(fitting, "cohort_autoencoder", lambda *a, **k: pytest.fail("autoencoder prepared again"))
+    resumed = fit("diffusion", cohort.root, tmp_path / "b", resume=True, **settings)
+    a = load_checkpoint(straight / "checkpoints" / "last.pt")["state_dict"]
+    b = load_checkpoint(resumed / "checkpoints" / "last.pt")["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

@@ -13,10 +13,10 @@ from rna2histo.generate import generate, load_run
 from rna2histo.models import model_class
 from rna2histo.models.base import adam
 from rna2histo.runs import load_checkpoint
-from rna2histo.training.loop import Trainer, fit
+from rna2histo.training.loop import fit
 from rna2histo.training.step import NonFiniteLoss, Step
 
-from .conftest import write_tiny_cohort
+from .conftest import interrupt_after, write_tiny_cohort
 
 FAST = dict(model="cvae", batch_size=8, device="cpu", progress=False, sample_patients=2)
 
@@ -86,18 +86,6 @@ def test_run_folder_layout(cohort_dir, tmp_path):
     state = torch.load(run / "checkpoints" / "last.pt", weights_only=True)
     assert state["epoch"] == 2 and state["model"] == "cvae"
     assert {"state_dict", "optimizers", "scaler", "normaliser", "config", "format_version"} <= set(state)
-
-
-def interrupt_after(monkeypatch, epochs_done):
-    """Fault injection: Ctrl-C at the start of the epoch after `epochs_done`."""
-    original = Trainer.train_epoch
-
-    def train_epoch(self):
-        if self.epoch == epochs_done:
-            raise KeyboardInterrupt
-        return original(self)
-
-    monkeypatch.setattr(Trainer, "train_epoch", train_epoch)
 
 
 @pytest.mark.parametrize("model", ["cvae", "cgan"])  # step-decay and cosine schedules

@@ -19,8 +19,6 @@ genes of the training patients, z-scored with the training patients' statistics 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from dataclasses import dataclass
 
@@ -34,7 +32,7 @@ from ..data.dataset import tiles_to_model
 from ..data.rna import Normaliser, fit_on_training
 from ..generate import sample_tiles
 from ..markers import MARKERS
-from ..paths import cached
+from ..paths import cached, cohort_cache_key
 from .stats import bootstrap_ci, summary
 
 VERSION = 1  # of the regressor's recipe: a change retrains every cached regressor
@@ -185,12 +183,6 @@ def fit_regressor(cohort, normaliser: Normaliser | None = None, *, epochs: int =
     return regressor
 
 
-def _key(cohort, normaliser: Normaliser, settings: dict) -> str:
-    manifest = (cohort.root / "manifest.json").read_bytes()
-    text = json.dumps({"version": VERSION, "genes": normaliser.genes[:5], **settings}, sort_keys=True)
-    return hashlib.sha1(manifest + text.encode()).hexdigest()[:12]
-
-
 def cohort_regressor(cohort, normaliser: Normaliser | None = None, *, epochs: int = 12, seed: int = 0,
                      progress: bool = True) -> Regressor:
     """The cohort's regressor: trained once (`fit_regressor`), then read from its cache.
@@ -201,7 +193,8 @@ def cohort_regressor(cohort, normaliser: Normaliser | None = None, *, epochs: in
     """
     normaliser = normaliser or fit_on_training(cohort)
     settings = {"epochs": epochs, "seed": seed}
-    path = cohort.root / "regressors" / f"reprediction-{_key(cohort, normaliser, settings)}.pt"
+    key = cohort_cache_key(cohort.root, {"version": VERSION, "genes": normaliser.genes[:5], **settings})
+    path = cohort.root / "regressors" / f"reprediction-{key}.pt"
 
     def fit():
         if progress:

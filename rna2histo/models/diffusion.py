@@ -164,9 +164,6 @@ class Diffusion(Generator):
         self.autoencoder.load_state_dict(state)
         self.latent_scale.fill_(scale)
 
-    def run_notes(self) -> dict:
-        return {} if self.autoencoder is None else {"latent_scale": float(self.latent_scale)}
-
     def to_space(self, x):  # tiles (B, 3, S, S) -> what the process runs on
         """The tiles themselves, or their scaled latents (no gradient reaches the autoencoder)."""
         if self.autoencoder is None:

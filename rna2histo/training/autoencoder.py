@@ -11,7 +11,6 @@ reconstruction error of every epoch.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass
@@ -22,7 +21,7 @@ import torch
 from ..data.augment import geometry
 from ..data.dataset import tiles_to_model
 from ..nets.autoencoder import TileAutoencoder, reconstruction_loss
-from ..paths import cached
+from ..paths import cached, cohort_cache_key
 from .step import cpu_has_bf16
 
 VERSION = 1  # the training recipe below; a change trains every cohort's autoencoder again
@@ -93,9 +92,7 @@ def cohort_autoencoder(cohort, *, channels: int, widths: tuple[int, ...], epochs
     settings = {"channels": channels, "widths": list(widths), "epochs": epochs, "seed": seed}
     if noise:  # a key without it for noise 0: the caches trained before the setting existed
         settings["noise"] = noise
-    manifest = (cohort.root / "manifest.json").read_bytes()
-    key = hashlib.sha1(manifest + json.dumps({"version": VERSION, **settings}, sort_keys=True).encode())
-    path = cohort.root / "autoencoders" / f"tile-{key.hexdigest()[:12]}.pt"
+    path = cohort.root / "autoencoders" / f"tile-{cohort_cache_key(cohort.root, {'version': VERSION, **settings})}.pt"
 
     def fit():
         if progress:

@@ -293,9 +293,10 @@ FIT_KEYWORDS = frozenset(inspect.signature(fit).parameters) - {"options"}
 
 
 def _fit(params: dict, options: dict, world: World) -> Path:
-    trainer = _make_trainer(params, options, world)
-    last = trainer.run_dir / "checkpoints" / "last.pt"
-    if params["resume"] and last.exists():
+    last = resolve(params["run_dir"]) / "checkpoints" / "last.pt"
+    resuming = params["resume"] and last.exists()
+    trainer = _make_trainer(params, options, world, resuming)
+    if resuming:
         state = matching_checkpoint(last, trainer)
         trainer.restore(state)
         record_resume(params, state["params"], trainer.epoch)
@@ -326,7 +327,7 @@ def _fit(params: dict, options: dict, world: World) -> Path:
     return trainer.run_dir
 
 
-def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
+def _make_trainer(params: dict, options: dict, world: World, resuming: bool) -> Trainer:
     seed_everything(params["seed"])
     cohort = load_cohort(resolve(params["cohort_dir"]))
     normaliser = fit_on_training(cohort)
@@ -335,7 +336,8 @@ def _make_trainer(params: dict, options: dict, world: World) -> Trainer:
     net = build_model(params["model"], params["model_size"], n_genes=n_condition,
                       image_size=cohort.image_size, **options)
     net.initialise()
-    prepare_autoencoder(net, cohort, params["seed"], params["progress"] and world.main)
+    if not resuming:  # a resumed run's checkpoint holds its autoencoder: none is trained or loaded for it
+        prepare_autoencoder(net, cohort, params["seed"], params["progress"] and world.main)
     params["model_notes"] = net.run_notes()
     device = world.device
     params["device_used"] = str(device)
