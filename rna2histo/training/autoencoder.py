@@ -92,7 +92,8 @@ def cohort_autoencoder(cohort, *, channels: int, widths: tuple[int, ...], epochs
     settings = {"channels": channels, "widths": list(widths), "epochs": epochs, "seed": seed}
     if noise:  # a key without it for noise 0: the caches trained before the setting existed
         settings["noise"] = noise
-    path = cohort.root / "autoencoders" / f"tile-{cohort_cache_key(cohort.root, {'version': VERSION, **settings})}.pt"
+    key = cohort_cache_key(cohort.root, {"version": VERSION, **settings})
+    path = cohort.root / "autoencoders" / f"tile-{key}.pt"
 
     def fit():
         if progress:
