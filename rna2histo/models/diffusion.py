@@ -19,8 +19,8 @@ Latent diffusion (Rombach et al. 2022), also an extension: with ``latent_channel
 process runs on the latents of the cohort's tile autoencoder (`rna2histo.training.autoencoder`:
 trained once per cohort on the training patients' tiles, then frozen; the loop attaches it),
 (B, k, S/2, S/2) with one halving, scaled to unit variance; ``sample`` decodes them. The U-Net
-then sees a quarter of the positions, which on a CPU is most of its cost. The autoencoder is a frozen part of this module,
-so every checkpoint carries it; the optimiser and the EMA never see it.
+then sees a quarter of the positions, which on a CPU is most of its cost. The autoencoder is a
+frozen part of this module, so every checkpoint carries it; the optimiser and the EMA never see it.
 """
 
 from __future__ import annotations
